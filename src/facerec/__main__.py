@@ -1,0 +1,5 @@
+"""`python -m facerec ...` (and `torchrun -m facerec ...`) runs the command line."""
+
+from facerec.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,58 @@
+"""The preprocessing contract that travels with a model's weights.
+
+Mismatched colour order, normalisation and alignment are the most common reason users
+cannot reproduce a published accuracy, so every model built or loaded by facerec carries
+one of these (`model.preprocess`), checkpoints and exported files store it, and
+evaluation and export read it instead of guessing.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+TEMPLATES = ("arcface", "sphereface")
+
+
+@dataclass(frozen=True)
+class Preprocess:
+    """How an image must be prepared for a model.
+
+    Attributes:
+        input_size: (height, width) of the aligned crop fed to the model.
+        color: channel order of the input tensor, "RGB" or "BGR".
+        mean, std: per-channel normalisation on 0..255 pixel values: (x - mean) / std.
+        template: 5-point alignment template name: "arcface" (112x112) or "sphereface"
+            (112x96, the ArcFace template minus 8 px in x), scaled to `input_size`.
+        embedding_size: dimension of the output embedding.
+    """
+
+    input_size: tuple[int, int] = (112, 112)
+    color: str = "RGB"
+    mean: tuple[float, float, float] = (127.5, 127.5, 127.5)
+    std: tuple[float, float, float] = (127.5, 127.5, 127.5)
+    template: str = "arcface"
+    embedding_size: int = 512
+    extra: dict[str, Any] = field(default_factory=dict, compare=False)
+
+    def __post_init__(self) -> None:
+        if self.color not in ("RGB", "BGR"):
+            raise ValueError(f"Preprocess.color must be 'RGB' or 'BGR', got {self.color!r}")
+        if self.template not in TEMPLATES:
+            raise ValueError(f"Preprocess.template must be one of {TEMPLATES}, got {self.template!r}")
+        object.__setattr__(self, "input_size", tuple(int(v) for v in self.input_size))
+        object.__setattr__(self, "mean", tuple(float(v) for v in self.mean))
+        object.__setattr__(self, "std", tuple(float(v) for v in self.std))
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain types only (lists, floats, str), safe for JSON, YAML, safetensors metadata."""
+        d = asdict(self)
+        d["input_size"] = list(self.input_size)
+        d["mean"] = list(self.mean)
+        d["std"] = list(self.std)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "Preprocess":
+        known = {k: d[k] for k in ("input_size", "color", "mean", "std", "template", "embedding_size") if k in d}
+        return cls(**known, extra=dict(d.get("extra", {})))
