@@ -1,0 +1,16 @@
+"""Arguments shared by several subcommands."""
+
+from __future__ import annotations
+
+import argparse
+
+
+def add_config_arguments(parser: argparse.ArgumentParser, config_required: bool = True) -> None:
+    if config_required:
+        parser.add_argument("config", help="YAML config file (see configs/)")
+    else:
+        parser.add_argument("--config", default=None, help="YAML config file (default: the built-in demo config)")
+    parser.add_argument(
+        "--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE",
+        help="override a config value, e.g. --set train.epochs=2 (repeatable)",
+    )

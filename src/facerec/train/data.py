@@ -1,0 +1,132 @@
+"""What the training loop reads: the training set, its batches in a resumable order, val sets.
+
+The batch order is a pure function of (seed, epoch, rank): a resumed run skips the batches it
+already trained on and sees exactly the batches an uninterrupted run would have seen. Random
+horizontal flips are drawn from a generator seeded by (seed, epoch, batch) for the same reason.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from facerec.config import Config
+from facerec.contract import Preprocess
+from facerec.errors import DataError
+
+
+class EpochSampler:
+    """Batches of indices for one rank: a seeded permutation per epoch, cut into global batches.
+
+    Global batch `b` holds `batch_size * world_size` indices; rank `r` takes its `r`-th slice, so
+    N ranks with batch B/N see the same samples per step as one rank with batch B. The last
+    incomplete global batch is dropped.
+    """
+
+    def __init__(self, num_samples: int, batch_size: int, seed: int = 0, rank: int = 0, world_size: int = 1) -> None:
+        self.num_samples, self.batch_size = num_samples, batch_size
+        self.seed, self.rank, self.world_size = seed, rank, world_size
+        self.batches_per_epoch = num_samples // (batch_size * world_size)
+
+    def batches(self, epoch: int, start_batch: int = 0) -> list[list[int]]:
+        g = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
+        perm = torch.randperm(self.num_samples, generator=g)
+        gb = self.batch_size * self.world_size
+        out = []
+        for b in range(start_batch, self.batches_per_epoch):
+            lo = b * gb + self.rank * self.batch_size
+            out.append(perm[lo : lo + self.batch_size].tolist())
+        return out
+
+
+@dataclass
+class ValSet:
+    """A decoded verification set: images [2N, H, W, 3] uint8 RGB, issame [N] bool."""
+
+    name: str
+    images: np.ndarray
+    issame: np.ndarray
+
+
+@dataclass
+class TrainData:
+    train: Dataset
+    num_classes: int
+    val_sets: dict[str, ValSet] = field(default_factory=dict)
+    num_workers: int = 0
+    seed: int = 0
+    _epoch: int = 0
+    _batch: int = 0
+
+    def loader(self, sampler: EpochSampler, epoch: int, start_batch: int = 0) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """Yield (uint8 images [B, 3, H, W], labels [B]) for batches `start_batch..` of `epoch`."""
+        batches = sampler.batches(epoch, start_batch)
+        dl = DataLoader(self.train, batch_sampler=batches, num_workers=self.num_workers,
+                        persistent_workers=False, pin_memory=torch.cuda.is_available())
+        for i, (x, y) in enumerate(dl):
+            self._epoch, self._batch = epoch, start_batch + i
+            yield x, y
+
+    def to_input(self, x: torch.Tensor, pre: Preprocess, train: bool) -> torch.Tensor:
+        """uint8 RGB batch -> normalised float batch in the model's colour order, flipped at random."""
+        from facerec.data.transforms import to_model_input
+
+        if pre.color == "BGR":
+            x = x.flip(1)
+        g = None
+        if train:
+            g = torch.Generator().manual_seed((self.seed * 1_000_003 + self._epoch) * 1_000_003 + self._batch)
+        return to_model_input(x, pre.mean, pre.std, flip=train, generator=g)
+
+
+def load_val_set(path: str | Path, name: str | None = None) -> ValSet:
+    """Read and decode a `.bin` verification set."""
+    from facerec.data.bins import read_bin
+    from facerec.data.decode import decode_image
+
+    p = Path(path)
+    images, issame = read_bin(p)
+    decoded = [decode_image(b, color="RGB") for b in images]
+    shapes = {im.shape for im in decoded}
+    if len(shapes) != 1:
+        raise DataError(f"{p}: images of several sizes {sorted(shapes)}; a .bin must hold one size")
+    return ValSet(name or p.stem, np.stack(decoded), np.asarray(issame, dtype=bool))
+
+
+def build_train_data(cfg: Config, runtime=None) -> TrainData:
+    """Open the configured training set (a `.rec`, or the built-in synthetic set) and val sets."""
+    from facerec.data.dataset import RecordFaceDataset
+
+    val_paths = list(cfg.data.val)
+    if cfg.data.train == "synthetic":
+        from facerec.data.synthetic_sets import SyntheticSpec, build_synthetic
+
+        s = cfg.data.synthetic
+        spec = SyntheticSpec(identities=s.identities, images_per_identity=s.images_per_identity,
+                             val_identities=s.val_identities, val_pairs=s.val_pairs, seed=s.seed)
+        is_main = runtime is None or runtime.is_main
+        if is_main:
+            paths = build_synthetic(cfg.data.cache_dir, spec, log=print)
+        if runtime is not None:
+            runtime.barrier()
+        paths = build_synthetic(cfg.data.cache_dir, spec)
+        rec = paths.train_rec
+        val_paths = [str(paths.val_bin), *val_paths]
+    else:
+        rec = Path(cfg.data.train)
+        if not rec.exists():
+            raise DataError(f"config key 'data.train': training set {str(rec)!r} does not exist")
+    train = RecordFaceDataset(str(rec), color="RGB")
+    val_sets = {}
+    for vp in val_paths:
+        if not Path(vp).is_file():
+            raise DataError(f"config key 'data.val': verification set {vp!r} does not exist")
+        vs = load_val_set(vp, "synthetic_val" if cfg.data.train == "synthetic" and vp == val_paths[0] else None)
+        val_sets[vs.name] = vs
+    return TrainData(train=train, num_classes=int(train.num_classes), val_sets=val_sets,
+                     num_workers=cfg.data.num_workers, seed=cfg.train.seed)

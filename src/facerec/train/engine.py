@@ -1,0 +1,341 @@
+"""The training loop as plain functions: build the pieces, `train_one_epoch`, `evaluate`, `train`.
+
+`train(cfg)` wires them: data, backbone, head, optimiser and schedule, precision, periodic
+verification with best-so-far tracking, checkpoints, console/JSONL logging. `tune=True` (the
+seed's "parameter adjustment mode") trains and evaluates but writes nothing to the run
+directory.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from facerec.config import Config, save_config
+from facerec.errors import FacerecError
+from facerec.train import checkpoint as ckpt
+from facerec.train.data import TrainData, build_train_data, EpochSampler
+from facerec.train.optim import build_optimizer, build_scheduler, clip_gradients
+from facerec.train.runtime import Runtime
+from facerec.train.trackers import Console, JsonlLogger, Throughput, format_duration
+
+
+class TrainingDiverged(FacerecError, RuntimeError):
+    """Too many consecutive steps produced a NaN/Inf loss or gradient."""
+
+
+@dataclass
+class TrainState:
+    """Where the run is: counted in optimiser steps, batches and epochs."""
+
+    epoch: int = 0
+    batch_in_epoch: int = 0
+    step: int = 0
+    bad_steps: int = 0
+    consecutive_bad: int = 0
+    best: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass
+class TrainResult:
+    run_dir: Path | None
+    steps: int
+    epochs: float
+    final_loss: float
+    images_per_second: float
+    wall_time: float
+    bad_steps: int
+    val: dict[str, dict[str, float]]
+    best: dict[str, float]
+    checkpoint: Path | None
+    model: nn.Module = field(repr=False)
+    head: nn.Module = field(repr=False)
+
+
+def build_backbone(cfg: Config) -> nn.Module:
+    from facerec.models import create_model
+
+    return create_model(
+        cfg.model.name,
+        embedding_size=cfg.model.embedding_size,
+        input_size=tuple(cfg.model.input_size),
+        **cfg.model.options,
+    )
+
+
+def build_classifier(cfg: Config, num_classes: int) -> nn.Module:
+    from facerec.heads import build_head, create_margin
+
+    margin = create_margin(cfg.head.margin, s=cfg.head.s, m=cfg.head.m, **cfg.head.options)
+    return build_head(cfg.head.type, margin, cfg.model.embedding_size, num_classes, sample_rate=cfg.head.sample_rate)
+
+
+def seed_everything(seed: int, rank: int = 0) -> None:
+    import random
+
+    random.seed(seed + rank)
+    np.random.seed((seed + rank) % 2**32)
+    torch.manual_seed(seed + rank)
+
+
+def evaluate(model: nn.Module, data: TrainData, cfg: Config, runtime: Runtime) -> dict[str, dict[str, float]]:
+    """10-fold verification of `model` on every validation set: {name: {accuracy, std, threshold}}."""
+    from facerec.eval.embeddings import extract_embeddings
+    from facerec.eval.verification import evaluate as verify
+
+    out: dict[str, dict[str, float]] = {}
+    was_training = model.training
+    model.eval()
+    for name, vset in data.val_sets.items():
+        emb = extract_embeddings(
+            model, vset.images, model.preprocess, flip=cfg.eval.flip, batch_size=cfg.eval.batch_size,
+            device=str(runtime.device), progress=False,
+        )
+        res = verify(emb, vset.issame, nfolds=10, protocol=cfg.eval.protocol)
+        out[name] = {"accuracy": float(res.accuracy_mean), "accuracy_std": float(res.accuracy_std),
+                     "threshold": float(res.threshold_mean)}
+    model.train(was_training)
+    return out
+
+
+def _step_is_finite(loss: torch.Tensor, params: list[torch.Tensor]) -> bool:
+    if not torch.isfinite(loss).item():
+        return False
+    for p in params:
+        if p.grad is not None and not torch.isfinite(p.grad).all():
+            return False
+    return True
+
+
+def train_one_epoch(
+    model: nn.Module,
+    head: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    scheduler: Any,
+    data: TrainData,
+    sampler: EpochSampler,
+    state: TrainState,
+    cfg: Config,
+    runtime: Runtime,
+    meter: Throughput,
+    console: Console,
+    metrics: JsonlLogger,
+    total_steps: int,
+    on_step: Any = None,
+) -> float:
+    """Run the remaining batches of epoch `state.epoch`; returns the mean loss of those batches."""
+    model.train()
+    head.train()
+    params = [p for group in optimizer.param_groups for p in group["params"]]
+    pre = model.preprocess
+    accum = max(1, cfg.train.grad_accum)
+    losses: list[float] = []
+    window_loss, window_n = 0.0, 0
+    loader = data.loader(sampler, state.epoch, start_batch=state.batch_in_epoch)
+    for x, y in loader:
+        if state.step >= total_steps:
+            break
+        x = data.to_input(x, pre, train=True).to(runtime.device, non_blocking=True)
+        y = y.to(runtime.device, non_blocking=True)
+        if cfg.train.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        with runtime.autocast():
+            emb = model(x)
+        loss = head(emb.float(), y)
+        runtime.scaler.scale(loss / accum).backward()
+        state.batch_in_epoch += 1
+        if state.batch_in_epoch % accum != 0:
+            continue
+        runtime.scaler.unscale_(optimizer)
+        if not _step_is_finite(loss, params):
+            optimizer.zero_grad(set_to_none=True)
+            runtime.scaler.update()
+            state.bad_steps += 1
+            state.consecutive_bad += 1
+            console.print(f"[facerec] step {state.step}: non-finite loss or gradient, step skipped "
+                          f"({state.consecutive_bad} in a row, {state.bad_steps} in total)")
+            metrics.log({"event": "bad_step", "step": state.step, "epoch": state.epoch})
+            if state.consecutive_bad >= 20:
+                raise TrainingDiverged(
+                    f"{state.consecutive_bad} consecutive steps had a NaN/Inf loss or gradient at step "
+                    f"{state.step}; lower optim.lr, enable optim.grad_clip, or use train.precision=bf16/fp32"
+                )
+            continue
+        state.consecutive_bad = 0
+        clip_gradients(params, cfg.optim.grad_clip)
+        runtime.scaler.step(optimizer)
+        runtime.scaler.update()
+        optimizer.zero_grad(set_to_none=True)
+        scheduler.step()
+        state.step += 1
+        lv = float(loss.detach())
+        losses.append(lv)
+        window_loss += lv
+        window_n += 1
+        meter.update(state.step, x.shape[0] * accum * runtime.world_size)
+        console.advance(1, loss=f"{lv:.3f}")
+        if state.step % cfg.train.log_every == 0 or state.step == total_steps:
+            lr = optimizer.param_groups[0]["lr"]
+            ips = meter.images_per_second
+            rec = {"step": state.step, "epoch": state.epoch, "loss": window_loss / window_n, "lr": lr,
+                   "images_per_second": ips, "grad_scale": float(runtime.scaler.get_scale()) if runtime.precision == "fp16" else 1.0}
+            metrics.log(rec)
+            console.print(
+                f"epoch {state.epoch} step {state.step}/{total_steps} loss {rec['loss']:.4f} lr {lr:.4g} "
+                f"{ips:.0f} img/s eta {format_duration(meter.eta(state.step))}"
+            )
+            window_loss, window_n = 0.0, 0
+        if on_step is not None:
+            on_step(state)
+    return float(np.mean(losses)) if losses else float("nan")
+
+
+def train(
+    cfg: Config,
+    run_dir: str | Path | None = None,
+    *,
+    tune: bool = False,
+    resume: str | None = None,
+    runtime: Runtime | None = None,
+    data: TrainData | None = None,
+    log: bool = True,
+) -> TrainResult:
+    """Train a model as `cfg` says; write config, metrics and checkpoints under `run_dir`.
+
+    Args:
+        run_dir: output directory (default `cfg.train.output_dir`).
+        tune: the seed's "parameter adjustment mode": train and evaluate, write nothing.
+        resume: "auto" (newest complete checkpoint in `run_dir`, if any) or a checkpoint path.
+    """
+    t_start = time.perf_counter()
+    runtime = runtime or Runtime.from_env(cfg.train.precision)
+    if cfg.train.threads > 0:
+        torch.set_num_threads(cfg.train.threads)
+    if cfg.train.deterministic:
+        torch.use_deterministic_algorithms(True, warn_only=True)
+    seed_everything(cfg.train.seed, runtime.rank)
+    run_path = Path(run_dir or cfg.train.output_dir)
+    writes = runtime.is_main and not tune
+    if writes:
+        run_path.mkdir(parents=True, exist_ok=True)
+        save_config(cfg, run_path / "config.yaml")
+    data = data or build_train_data(cfg, runtime)
+    model = build_backbone(cfg).to(runtime.device)
+    if cfg.train.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    head = build_classifier(cfg, data.num_classes).to(runtime.device)
+    optimizer = build_optimizer(cfg.optim, model, head)
+    sampler = EpochSampler(len(data.train), cfg.train.batch_size, seed=cfg.train.seed,
+                           rank=runtime.rank, world_size=runtime.world_size)
+    steps_per_epoch = sampler.batches_per_epoch // max(1, cfg.train.grad_accum)
+    if steps_per_epoch < 1:
+        raise FacerecError(
+            f"the training set has {len(data.train)} images, fewer than one step of "
+            f"train.batch_size={cfg.train.batch_size} x train.grad_accum={cfg.train.grad_accum} x {runtime.world_size} ranks"
+        )
+    total_steps = int(math.ceil(cfg.train.epochs * steps_per_epoch))
+    scheduler = build_scheduler(optimizer, cfg.optim, steps_per_epoch, total_steps)
+    state = TrainState()
+    if resume is not None:
+        path = ckpt.latest_checkpoint(run_path) if resume == "auto" else Path(resume)
+        if path is not None:
+            _restore(ckpt.load_training_checkpoint(path), model, head, optimizer, scheduler, runtime, state)
+    metrics = JsonlLogger(run_path / "metrics.jsonl" if writes else None)
+    console = Console(enabled=runtime.is_main and log, total=total_steps)
+    console.set_position(state.step)
+    meter = Throughput(total_steps)
+    eval_every = max(1, int(round(cfg.eval.every_epochs * steps_per_epoch))) if cfg.eval.every_epochs > 0 else 0
+    val: dict[str, dict[str, float]] = {}
+    last_ckpt: Path | None = None
+    final_loss = float("nan")
+
+    def save(step_state: TrainState) -> Path | None:
+        if not writes:
+            return None
+        return ckpt.save_checkpoint(_state_dict(cfg, model, head, optimizer, scheduler, runtime, step_state, sampler),
+                                    run_path, step_state.step, cfg.train.keep_last)
+
+    def on_step(st: TrainState) -> None:
+        nonlocal val, last_ckpt
+        if cfg.train.checkpoint_every and st.step % cfg.train.checkpoint_every == 0:
+            last_ckpt = save(st)
+        if eval_every and st.step % eval_every == 0 and data.val_sets and st.step < total_steps:
+            val = _evaluate_and_track(model, data, cfg, runtime, st, metrics, console, writes, run_path,
+                                      lambda: _state_dict(cfg, model, head, optimizer, scheduler, runtime, st, sampler))
+
+    try:
+        while state.step < total_steps:
+            final_loss = train_one_epoch(model, head, optimizer, scheduler, data, sampler, state, cfg, runtime,
+                                         meter, console, metrics, total_steps, on_step)
+            if state.batch_in_epoch >= sampler.batches_per_epoch:
+                state.epoch += 1
+                state.batch_in_epoch = 0
+        if data.val_sets:
+            val = _evaluate_and_track(model, data, cfg, runtime, state, metrics, console, writes, run_path,
+                                      lambda: _state_dict(cfg, model, head, optimizer, scheduler, runtime, state, sampler))
+        last_ckpt = save(state) or last_ckpt
+    finally:
+        console.close()
+        metrics.close()
+    return TrainResult(
+        run_dir=run_path if writes else None, steps=state.step, epochs=state.step / steps_per_epoch,
+        final_loss=final_loss, images_per_second=meter.images_per_second,
+        wall_time=time.perf_counter() - t_start, bad_steps=state.bad_steps, val=val, best=dict(state.best),
+        checkpoint=last_ckpt, model=model, head=head,
+    )
+
+
+def _evaluate_and_track(model, data, cfg, runtime, state, metrics, console, writes, run_path, make_state):
+    val: dict[str, dict[str, float]] = {}
+    if runtime.is_main:
+        val = evaluate(model, data, cfg, runtime)
+        improved = False
+        for name, r in val.items():
+            console.print(f"[val] step {state.step} {name}: accuracy {100 * r['accuracy']:.2f} "
+                          f"+- {100 * r['accuracy_std']:.2f} (threshold {r['threshold']:.2f})")
+            metrics.log({"event": "val", "step": state.step, "epoch": state.epoch, "set": name, **r})
+            if r["accuracy"] > state.best.get(name, -1.0):
+                state.best[name] = r["accuracy"]
+                improved = True
+        if improved and writes:
+            ckpt.save_best(make_state(), run_path)
+    runtime.barrier()
+    return val
+
+
+def _state_dict(cfg, model, head, optimizer, scheduler, runtime, state: TrainState, sampler) -> dict[str, Any]:
+    from facerec.models import model_checkpoint_dict
+
+    return {
+        "facerec_model": model_checkpoint_dict(model),
+        "head": head.state_dict(),
+        "optimizer": optimizer.state_dict(),
+        "scheduler": scheduler.state_dict(),
+        "scaler": runtime.scaler.state_dict(),
+        "rng": ckpt.rng_state(),
+        "progress": {"epoch": state.epoch, "batch_in_epoch": state.batch_in_epoch, "step": state.step,
+                     "bad_steps": state.bad_steps, "world_size": runtime.world_size},
+        "best": dict(state.best),
+        "config": cfg.to_dict(),
+    }
+
+
+def _restore(saved, model, head, optimizer, scheduler, runtime, state: TrainState) -> None:
+    model.load_state_dict(saved["facerec_model"]["state_dict"])
+    head.load_state_dict(saved["head"])
+    optimizer.load_state_dict(saved["optimizer"])
+    scheduler.load_state_dict(saved["scheduler"])
+    if saved.get("scaler"):
+        runtime.scaler.load_state_dict(saved["scaler"])
+    ckpt.set_rng_state(saved["rng"])
+    p = saved["progress"]
+    state.epoch, state.batch_in_epoch, state.step = p["epoch"], p["batch_in_epoch"], p["step"]
+    state.bad_steps = p.get("bad_steps", 0)
+    state.best = dict(saved.get("best", {}))

@@ -1,0 +1,117 @@
+"""Device, precision and process ranks in one small object (named like Lightning Fabric's).
+
+Distributed settings come from torchrun's environment (`RANK`, `LOCAL_RANK`, `WORLD_SIZE`);
+no process group exists when the world size is 1. Autocast wraps the step here, never
+inside a model's `forward`; `GradScaler` is enabled for fp16 only.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from dataclasses import dataclass, field
+from typing import Any, Iterator
+
+import torch
+
+from facerec.errors import ConfigError
+
+
+def cpu_supports_bf16() -> bool:
+    """True when this CPU has native bf16 matmul (AVX512-BF16 or AMX), where bf16 is the fast path."""
+    try:
+        caps = torch.backends.cpu.get_cpu_capability()
+    except Exception:  # pragma: no cover - very old torch
+        caps = ""
+    if "AMX" in caps.upper():
+        return True
+    try:
+        with open("/proc/cpuinfo", encoding="ascii", errors="ignore") as fh:
+            for line in fh:
+                if line.startswith("flags"):
+                    flags = line.split()
+                    return "avx512_bf16" in flags or "amx_bf16" in flags
+    except OSError:
+        pass
+    return False
+
+
+def resolve_precision(precision: str, device: torch.device) -> str:
+    """Turn "auto" into fp32/bf16/fp16 for `device`; reject combinations that cannot run."""
+    if precision == "auto":
+        if device.type == "cuda":
+            return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+        return "bf16" if cpu_supports_bf16() else "fp32"
+    if precision not in ("fp32", "bf16", "fp16"):
+        raise ConfigError(f"config key 'train.precision' must be auto, fp32, bf16 or fp16, got {precision!r}")
+    if precision == "fp16" and device.type == "cpu":
+        raise ConfigError("config key 'train.precision': fp16 needs a CUDA device; use bf16 or fp32 on CPU")
+    return precision
+
+
+@dataclass
+class Runtime:
+    """Where and how the step runs: device, precision, rank and world size."""
+
+    device: torch.device
+    precision: str = "fp32"
+    rank: int = 0
+    local_rank: int = 0
+    world_size: int = 1
+    scaler: Any = field(default=None, repr=False)
+
+    @classmethod
+    def from_env(cls, precision: str = "auto", device: str | None = None) -> "Runtime":
+        """Build from torchrun's environment; initialises the process group when world size > 1."""
+        world = int(os.environ.get("WORLD_SIZE", "1"))
+        rank = int(os.environ.get("RANK", "0"))
+        local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+        if device is None:
+            device = f"cuda:{local_rank}" if torch.cuda.is_available() else "cpu"
+        dev = torch.device(device)
+        if dev.type == "cuda":
+            torch.cuda.set_device(dev)
+        if world > 1 and not torch.distributed.is_initialized():
+            backend = "nccl" if dev.type == "cuda" else "gloo"
+            torch.distributed.init_process_group(backend=backend, rank=rank, world_size=world)
+        prec = resolve_precision(precision, dev)
+        scaler = torch.amp.GradScaler(dev.type, enabled=(prec == "fp16"))
+        return cls(device=dev, precision=prec, rank=rank, local_rank=local_rank, world_size=world, scaler=scaler)
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def distributed(self) -> bool:
+        return self.world_size > 1 and torch.distributed.is_initialized()
+
+    @property
+    def amp_dtype(self) -> torch.dtype | None:
+        return {"bf16": torch.bfloat16, "fp16": torch.float16}.get(self.precision)
+
+    @contextlib.contextmanager
+    def autocast(self) -> Iterator[None]:
+        """Mixed-precision region for the forward pass (a no-op in fp32)."""
+        dtype = self.amp_dtype
+        if dtype is None:
+            yield
+            return
+        with torch.autocast(device_type=self.device.type, dtype=dtype):
+            yield
+
+    def barrier(self) -> None:
+        if self.distributed:
+            torch.distributed.barrier()
+
+    def all_reduce_mean(self, value: float) -> float:
+        """Mean of a scalar over ranks (identity with one process)."""
+        if not self.distributed:
+            return float(value)
+        t = torch.tensor([float(value)], dtype=torch.float64, device=self.device if self.device.type == "cuda" else "cpu")
+        torch.distributed.all_reduce(t)
+        return float(t.item()) / self.world_size
+
+    def close(self) -> None:
+        if self.distributed:
+            torch.distributed.destroy_process_group()
