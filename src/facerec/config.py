@@ -285,6 +285,8 @@ def apply_overrides(values: dict[str, Any], overrides: Sequence[str]) -> dict[st
                 node[part] = value
                 break
             cls = fields[part] if fields is not None else Any
+            if not (dataclasses.is_dataclass(cls) or cls is Any or typing.get_origin(cls) is dict):
+                raise ConfigError(f"override {text!r}: '{'.'.join(path[: i + 1])}' is not a section")
             nxt = node.get(part)
             if nxt is None:
                 nxt = node[part] = {}
