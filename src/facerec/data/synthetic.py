@@ -90,7 +90,7 @@ def sample_identity(seed: int, index: int) -> Identity:
     hair = np.array([0.75, 0.55, 0.3]) * (1 - hair_dark) + r.normal(0, 0.06, 3) * (1 - hair_dark)
     if r.random() < 0.1:  # grey hair
         hair = np.full(3, u(0.5, 0.85))
-    n_moles = int(r.integers(0, 4))
+    n_moles = int(r.integers(0, 6))
     moles = np.stack(
         [r.uniform(-26, 26, n_moles), r.uniform(-20, 30, n_moles), r.uniform(0.9, 2.0, n_moles)], axis=1
     ) if n_moles else np.zeros((0, 3))
@@ -130,7 +130,7 @@ def sample_identity(seed: int, index: int) -> Identity:
         hair_volume=u(2, 12),
         tex_k=np.stack([np.cos(angle) * freq, np.sin(angle) * freq], axis=1),
         tex_phase=r.uniform(0, 2 * np.pi, n_tex),
-        tex_amp=r.uniform(0.0, 0.08, n_tex),
+        tex_amp=r.uniform(0.02, 0.12, n_tex),
         moles=moles,
         glasses=bool(r.random() < 0.2),
         glasses_color=np.clip(r.uniform(0, 0.5, 3), 0, 1),
@@ -290,21 +290,21 @@ def render(identity: Identity, rng: np.random.Generator, size: int = IMAGE_SIZE)
     light = r.normal(0, 1, 2)
     light *= r.uniform(0.0, 0.9) / max(float(np.linalg.norm(light)), 1e-6)
     shade = np.clip(1.0 + (float(light[0]) * u + float(light[1]) * v) / 60.0, 0.3, 1.8)
-    ambient = r.uniform(0.55, 1.3)
-    cast = (np.exp(r.normal(0, 0.12, 3)) * ambient).astype(np.float32)
+    ambient = r.uniform(0.7, 1.2)
+    cast = (np.exp(r.normal(0, 0.08, 3)) * ambient).astype(np.float32)
     img *= shade[..., None] * cast
 
     # Occlusion: a random bar or blob in a random colour.
-    if r.random() < 0.3:
+    if r.random() < 0.2:
         oc = r.uniform(0, 1, 3)
         if r.random() < 0.5:
             occ = _soft(np.abs(Y - r.uniform(30, 100)) - r.uniform(4, 12), 1.0)
         else:
             occ = _ellipse(X, Y, r.uniform(10, 100), r.uniform(40, 110), r.uniform(8, 22), r.uniform(8, 22))
         _blend(img, occ, oc)
-    if r.random() < 0.35:  # blur
+    if r.random() < 0.25:  # blur
         img = _box_blur(img, int(r.integers(1, 3)))
-    img += r.standard_normal(img.shape, dtype=np.float32) * np.float32(r.uniform(0.005, 0.05))
+    img += r.standard_normal(img.shape, dtype=np.float32) * np.float32(r.uniform(0.005, 0.04))
     return (np.clip(img, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)
 
 
