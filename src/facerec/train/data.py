@@ -75,9 +75,11 @@ class TrainData:
     def to_input(self, x: torch.Tensor, pre: Preprocess, train: bool) -> torch.Tensor:
         """uint8 RGB batch -> normalised float batch in the model's colour order, flipped at random."""
         from facerec.data.transforms import to_model_input
+        from facerec.eval.embeddings import fit_to_contract
 
         if pre.color == "BGR":
             x = x.flip(1)
+        x = fit_to_contract(x, pre)
         g = None
         if train:
             g = torch.Generator().manual_seed((self.seed * 1_000_003 + self._epoch) * 1_000_003 + self._batch)

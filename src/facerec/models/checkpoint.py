@@ -1,0 +1,89 @@
+"""Saving and loading backbones with their architecture and preprocessing contract.
+
+A facerec model checkpoint is a dict of plain types and tensors (loadable with
+`torch.load(weights_only=True)`) with key "facerec_model": {"arch", "kwargs", "preprocess",
+"state_dict"}; training checkpoints hold that key among others.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from facerec.contract import Preprocess
+from facerec.errors import CheckpointError
+from facerec.io import atomic_save
+
+
+def model_checkpoint_dict(model: nn.Module) -> dict[str, Any]:
+    """{"arch", "kwargs", "preprocess", "state_dict"} of a model built by `create_model`."""
+    for attr in ("arch", "arch_kwargs", "preprocess"):
+        if not hasattr(model, attr):
+            raise CheckpointError(f"model has no '{attr}': build it with facerec.models.create_model")
+    state = {k.removeprefix("module.").removeprefix("_orig_mod."): v.detach().cpu() for k, v in model.state_dict().items()}
+    return {"arch": model.arch, "kwargs": dict(model.arch_kwargs), "preprocess": model.preprocess.to_dict(),
+            "state_dict": state}
+
+
+def save_model(model: nn.Module, path: str | Path) -> None:
+    """Write a self-describing model checkpoint atomically."""
+    d = {"facerec_model": model_checkpoint_dict(model)}
+    atomic_save(path, lambda fh: torch.save(d, fh))
+
+
+def _strip(state: dict[str, Any]) -> dict[str, Any]:
+    out = {}
+    for k, v in state.items():
+        for prefix in ("module.", "_orig_mod."):
+            while k.startswith(prefix):
+                k = k[len(prefix):]
+        out[k] = v
+    return out
+
+
+def load_state_strict(model: nn.Module, state: dict[str, Any], where: str) -> None:
+    """load_state_dict(strict=True) with an error listing the first mismatches."""
+    own = model.state_dict()
+    missing = [k for k in own if k not in state]
+    unexpected = [k for k in state if k not in own]
+    shapes = [f"{k}: checkpoint {tuple(state[k].shape)} vs model {tuple(own[k].shape)}"
+              for k in own if k in state and hasattr(state[k], "shape") and tuple(state[k].shape) != tuple(own[k].shape)]
+    if missing or unexpected or shapes:
+        parts = []
+        if missing:
+            parts.append(f"{len(missing)} missing keys (first: {', '.join(missing[:5])})")
+        if unexpected:
+            parts.append(f"{len(unexpected)} unexpected keys (first: {', '.join(unexpected[:5])})")
+        if shapes:
+            parts.append(f"{len(shapes)} shape mismatches (first: {'; '.join(shapes[:3])})")
+        raise CheckpointError(f"{where}: weights do not fit architecture '{getattr(model, 'arch', '?')}': " + "; ".join(parts))
+    model.load_state_dict(state, strict=True)
+
+
+def build_from_checkpoint_dict(d: dict[str, Any], where: str = "checkpoint") -> nn.Module:
+    """Rebuild a model from a "facerec_model" dict."""
+    from facerec.models.registry import create_model
+
+    try:
+        model = create_model(d["arch"], preprocess=Preprocess.from_dict(d["preprocess"]), **d["kwargs"])
+    except KeyError as exc:
+        raise CheckpointError(f"{where}: {exc}") from None
+    load_state_strict(model, _strip(d["state_dict"]), where)
+    return model.eval()
+
+
+def load_checkpoint(path: str | Path, arch: str | None = None, map_location: str = "cpu") -> nn.Module:
+    """Load a facerec checkpoint (model or training) as an eval-mode model with its contract."""
+    p = Path(path)
+    if not p.is_file():
+        raise CheckpointError(f"checkpoint {str(p)!r} does not exist")
+    try:
+        obj = torch.load(p, map_location=map_location, weights_only=True)
+    except Exception as exc:
+        raise CheckpointError(f"{p}: cannot be read as a torch checkpoint ({exc.__class__.__name__}: {exc})") from None
+    if isinstance(obj, dict) and "facerec_model" in obj:
+        return build_from_checkpoint_dict(obj["facerec_model"], str(p))
+    raise CheckpointError(f"{p}: not a facerec checkpoint (no 'facerec_model' entry)")
