@@ -1,0 +1,64 @@
+import json
+
+import pytest
+import torch
+
+from facerec.config import load_config
+from facerec.errors import DataError
+from facerec.train.engine import train
+
+TINY = [
+    "model.input_size=[32, 32]",
+    "model.embedding_size=64",
+    "model.options={width_mult: 0.25}",
+    "data.synthetic.identities=12",
+    "data.synthetic.images_per_identity=8",
+    "data.synthetic.val_identities=10",
+    "data.synthetic.val_pairs=40",
+    "train.batch_size=16",
+    "train.log_every=1",
+    "train.precision=fp32",
+    "head.s=16.0",
+    "head.m=0.2",
+    "optim.lr=0.05",
+    "optim.schedule=constant",
+    "optim.warmup_epochs=0",
+    "eval.every_epochs=0",
+]
+
+
+@pytest.fixture
+def tiny_cfg(tmp_path):
+    def make(*extra):
+        return load_config(None, [*TINY, f"data.cache_dir={tmp_path / 'cache'}", *extra])
+
+    return make
+
+
+def read_metrics(run_dir):
+    return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+
+
+@pytest.mark.slow
+def test_short_training_run_loss_decreases(tiny_cfg, tmp_path):
+    torch.manual_seed(0)
+    cfg = tiny_cfg("train.epochs=12")
+    run = tmp_path / "run"
+    result = train(cfg, run, log=False)
+    losses = [r["loss"] for r in read_metrics(run) if "loss" in r]
+    assert len(losses) == result.steps == 12 * (96 // 16)
+    first, last = sum(losses[:6]) / 6, sum(losses[-6:]) / 6
+    assert last < 0.8 * first, (first, last)
+    assert (run / "config.yaml").is_file() and result.checkpoint.is_file()
+    assert "synthetic_val" in result.val
+
+
+def test_tune_mode_writes_nothing(tiny_cfg, tmp_path):
+    run = tmp_path / "tune"
+    train(tiny_cfg("train.epochs=1", "train.checkpoint_every=1"), run, tune=True, log=False)
+    assert not run.exists() or not any(run.iterdir())
+
+
+def test_missing_training_set_is_a_clear_error(tiny_cfg, tmp_path):
+    with pytest.raises(DataError, match="data.train"):
+        train(tiny_cfg(f"data.train={tmp_path / 'none.rec'}"), tmp_path / "r", log=False)
