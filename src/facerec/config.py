@@ -51,6 +51,7 @@ class SyntheticConfig:
     val_identities: int = 300
     val_pairs: int = 3000
     seed: int = 0
+    image_size: int = 112
 
 
 @dataclass

@@ -29,6 +29,7 @@ class SyntheticSpec:
     val_identities: int = 300
     val_pairs: int = 3000
     seed: int = 0
+    image_size: int = 112
     jpeg_quality: int = 92
 
     def key(self) -> str:
@@ -44,21 +45,21 @@ class SyntheticPaths:
     val_bin: Path
 
 
-def _identity_chunk(args: tuple[int, int, int, int, int]) -> list[tuple[int, bytes]]:
-    seed, start, stop, per_id, quality = args
+def _identity_chunk(args: tuple[int, int, int, int, int, int]) -> list[tuple[int, bytes]]:
+    seed, start, stop, per_id, size, quality = args
     out = []
     for ident in range(start, stop):
-        for img in syn.iter_identity_images(seed, ident, per_id):
+        for img in syn.iter_identity_images(seed, ident, per_id, size):
             out.append((ident, syn.encode_jpeg(img, quality)))
     return out
 
 
-def _pair_chunk(args: tuple[int, list, int]) -> list[bytes]:
-    seed, pairs, quality = args
+def _pair_chunk(args: tuple[int, list, int, int]) -> list[bytes]:
+    seed, pairs, size, quality = args
     out = []
     for (a, ia), (b, ib), _ in pairs:
-        out.append(syn.encode_jpeg(syn.render_image(seed, a, ia), quality))
-        out.append(syn.encode_jpeg(syn.render_image(seed, b, ib), quality))
+        out.append(syn.encode_jpeg(syn.render_image(seed, a, ia, size), quality))
+        out.append(syn.encode_jpeg(syn.render_image(seed, b, ib, size), quality))
     return out
 
 
@@ -85,9 +86,10 @@ def build_synthetic(
     workers = workers or min(8, os.cpu_count() or 1)
     say = log or (lambda s: None)
     n_img = spec.identities * spec.images_per_identity
-    say(f"generating {n_img} training images of {spec.identities} synthetic identities into {root} ...")
+    say(f"generating {n_img} training images ({spec.image_size}x{spec.image_size}) of {spec.identities} "
+        f"synthetic identities into {root} ...")
     step = max(1, min(25, spec.identities // (4 * workers) or 1))
-    jobs = [(spec.seed, s, min(s + step, spec.identities), spec.images_per_identity, spec.jpeg_quality)
+    jobs = [(spec.seed, s, min(s + step, spec.identities), spec.images_per_identity, spec.image_size, spec.jpeg_quality)
             for s in range(0, spec.identities, step)]
 
     def samples() -> Iterator[tuple[int, bytes]]:
@@ -98,7 +100,7 @@ def build_synthetic(
     say(f"generating {spec.val_pairs} verification pairs of {spec.val_identities} held-out identities ...")
     pairs = syn.verification_pairs(spec.seed, range(VAL_OFFSET, VAL_OFFSET + spec.val_identities), spec.val_pairs)
     pstep = 100
-    pjobs = [(spec.seed, pairs[i : i + pstep], spec.jpeg_quality) for i in range(0, len(pairs), pstep)]
+    pjobs = [(spec.seed, pairs[i : i + pstep], spec.image_size, spec.jpeg_quality) for i in range(0, len(pairs), pstep)]
     images = [b for chunk in _parallel(_pair_chunk, pjobs, workers) for b in chunk]
     write_bin(paths.val_bin, images, [same for _, _, same in pairs])
     (root / "spec.json").write_text(json.dumps({"version": GENERATOR_VERSION, **asdict(spec)}, indent=2))

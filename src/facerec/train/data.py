@@ -110,7 +110,8 @@ def build_train_data(cfg: Config, runtime=None) -> TrainData:
 
         s = cfg.data.synthetic
         spec = SyntheticSpec(identities=s.identities, images_per_identity=s.images_per_identity,
-                             val_identities=s.val_identities, val_pairs=s.val_pairs, seed=s.seed)
+                             val_identities=s.val_identities, val_pairs=s.val_pairs, seed=s.seed,
+                             image_size=s.image_size)
         is_main = runtime is None or runtime.is_main
         if is_main:
             paths = build_synthetic(cfg.data.cache_dir, spec, log=print)
