@@ -86,4 +86,42 @@ def load_checkpoint(path: str | Path, arch: str | None = None, map_location: str
         raise CheckpointError(f"{p}: cannot be read as a torch checkpoint ({exc.__class__.__name__}: {exc})") from None
     if isinstance(obj, dict) and "facerec_model" in obj:
         return build_from_checkpoint_dict(obj["facerec_model"], str(p))
-    raise CheckpointError(f"{p}: not a facerec checkpoint (no 'facerec_model' entry)")
+    if isinstance(obj, dict) and "net_state_dict" in obj:
+        return _load_seed_mobilefacenet(obj["net_state_dict"], str(p))
+    if isinstance(obj, dict) and obj and all(hasattr(v, "shape") for v in obj.values()):
+        if arch is None:
+            raise CheckpointError(f"{p}: a plain state_dict; say which architecture it is (arch=...)")
+        from facerec.models.registry import create_model
+
+        model = create_model(arch)
+        load_state_strict(model, _strip(obj), str(p))
+        return model.eval()
+    raise CheckpointError(f"{p}: not a checkpoint facerec knows (no 'facerec_model' or 'net_state_dict' entry)")
+
+
+# The seed lineage's MobileFaceNet (Xiaoccer/MobileFaceNet_Pytorch, CASIA-WebFace): 128-d
+# embeddings of 112x96 RGB crops aligned to the SphereFace template, normalised (x - 127.5) / 128.
+SEED_MOBILEFACENET_CONTRACT = Preprocess(
+    input_size=(112, 96), color="RGB", mean=(127.5,) * 3, std=(128.0,) * 3, template="sphereface",
+    embedding_size=128,
+)
+
+
+def _load_seed_mobilefacenet(state: dict[str, Any], where: str) -> nn.Module:
+    """A `{'net_state_dict': ...}` checkpoint of the seed lineage: keys map one to one onto ours."""
+    from facerec.models.registry import create_model
+
+    state = _strip(state)
+    w = state.get("linear7.conv.weight")
+    emb = state.get("linear1.conv.weight")
+    if w is None or emb is None:
+        raise CheckpointError(f"{where}: 'net_state_dict' is not a MobileFaceNet of the seed lineage "
+                              f"(no linear7/linear1 keys)")
+    kh, kw = int(w.shape[-2]), int(w.shape[-1])
+    size = (kh * 16, kw * 16)
+    contract = Preprocess(**{**SEED_MOBILEFACENET_CONTRACT.to_dict(), "input_size": size,
+                             "embedding_size": int(emb.shape[0]),
+                             "template": "sphereface" if size[1] * 112 == size[0] * 96 else "arcface"})
+    model = create_model("mobilefacenet", preprocess=contract, embedding_size=int(emb.shape[0]), input_size=size)
+    load_state_strict(model, state, where)
+    return model.eval()

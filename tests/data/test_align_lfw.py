@@ -1,0 +1,70 @@
+import numpy as np
+import pytest
+
+from facerec.data.align import (
+    ARCFACE_112, SPHEREFACE_112x96, align_face, read_landmarks, similarity_transform, template_points, warp_affine,
+)
+from facerec.data.pairs import read_lfw_pairs
+
+
+def umeyama_reference(src, dst):
+    """Independent closed form: minimise sum |a*R*src + t - dst|^2 via complex least squares."""
+    zs = src[:, 0] + 1j * src[:, 1]
+    zd = dst[:, 0] + 1j * dst[:, 1]
+    ms, md = zs.mean(), zd.mean()
+    a = np.sum(np.conj(zs - ms) * (zd - md)) / np.sum(np.abs(zs - ms) ** 2)
+    t = md - a * ms
+    return np.array([[a.real, -a.imag, t.real], [a.imag, a.real, t.imag]])
+
+
+def test_similarity_recovers_known_transform():
+    rng = np.random.default_rng(0)
+    src = rng.random((5, 2)) * 100
+    ang, s, t = 0.3, 1.7, np.array([5.0, -3.0])
+    r = np.array([[np.cos(ang), -np.sin(ang)], [np.sin(ang), np.cos(ang)]])
+    dst = s * src @ r.T + t
+    m = similarity_transform(src, dst)
+    np.testing.assert_allclose(m[:, :2], s * r, atol=1e-9)
+    np.testing.assert_allclose(m[:, 2], t, atol=1e-9)
+
+
+def test_templates_differ_by_8px():
+    np.testing.assert_allclose(ARCFACE_112 - SPHEREFACE_112x96, [[8, 0]] * 5)
+    np.testing.assert_allclose(template_points("arcface", (224, 224)), ARCFACE_112 * 2)
+
+
+def test_warp_integer_shift_is_exact():
+    img = (np.random.default_rng(1).random((20, 30, 3)) * 255).astype(np.uint8)
+    out = warp_affine(img, np.array([[1, 0, 3], [0, 1, 2.0]]), (20, 30))
+    assert np.array_equal(out[2:, 3:], img[:-2, :-3])
+
+
+@pytest.mark.shared_data
+def test_lfw_alignment_is_least_squares_and_residual_small(shared_data):
+    lms = read_landmarks(shared_data / "lfw" / "landmarks.tsv")
+    assert len(lms) == 7701 and sum(v is None for v in lms.values()) == 1
+    dst = ARCFACE_112
+    residuals = []
+    for name, lm in list(lms.items())[:400]:
+        if lm is None:
+            continue
+        m = similarity_transform(lm, dst)
+        np.testing.assert_allclose(m, umeyama_reference(lm, dst), atol=1e-6)
+        mapped = lm @ m[:, :2].T + m[:, 2]
+        residuals.append(np.linalg.norm(mapped - dst, axis=1).mean())
+    mean_res = float(np.mean(residuals))
+    assert mean_res < 3.0, mean_res  # pixels at 112x112
+    from PIL import Image
+
+    name = next(n for n, v in lms.items() if v is not None)
+    img = np.asarray(Image.open(shared_data / "lfw" / "images" / name).convert("RGB"))
+    crop = align_face(img, lms[name])
+    assert crop.shape == (112, 112, 3)
+
+
+@pytest.mark.shared_data
+def test_lfw_pairs_file(shared_data):
+    pairs = read_lfw_pairs(shared_data / "lfw" / "pairs.txt")
+    assert len(pairs) == 6000 and sum(p.issame for p in pairs) == 3000
+    assert [sum(p.fold == f for p in pairs) for f in range(10)] == [600] * 10
+    assert pairs[0].path1 == "Abel_Pacheco/Abel_Pacheco_0001.jpg" and pairs[0].issame
