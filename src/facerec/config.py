@@ -52,6 +52,7 @@ class SyntheticConfig:
     val_pairs: int = 3000
     seed: int = 0
     image_size: int = 112
+    jpeg_quality: int = 92
 
 
 @dataclass

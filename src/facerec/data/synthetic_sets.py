@@ -16,25 +16,17 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Callable, Iterator
 
+from facerec.config import SyntheticConfig
 from facerec.data import synthetic as syn
 
 GENERATOR_VERSION = 1
 VAL_OFFSET = 10_000_000
 
 
-@dataclass(frozen=True)
-class SyntheticSpec:
-    identities: int = 1000
-    images_per_identity: int = 40
-    val_identities: int = 300
-    val_pairs: int = 3000
-    seed: int = 0
-    image_size: int = 112
-    jpeg_quality: int = 92
-
-    def key(self) -> str:
-        blob = json.dumps({"v": GENERATOR_VERSION, **asdict(self)}, sort_keys=True).encode()
-        return hashlib.sha1(blob).hexdigest()[:12]
+def spec_key(spec: SyntheticConfig) -> str:
+    """Cache key of a synthetic set: the generator version and every parameter."""
+    blob = json.dumps({"v": GENERATOR_VERSION, **asdict(spec)}, sort_keys=True).encode()
+    return hashlib.sha1(blob).hexdigest()[:12]
 
 
 @dataclass(frozen=True)
@@ -72,13 +64,13 @@ def _parallel(fn: Callable, jobs: list, workers: int) -> Iterator:
 
 
 def build_synthetic(
-    cache_dir: str | Path, spec: SyntheticSpec, workers: int | None = None, log: Callable[[str], None] | None = None
+    cache_dir: str | Path, spec: SyntheticConfig, workers: int | None = None, log: Callable[[str], None] | None = None
 ) -> SyntheticPaths:
     """Generate (or reuse) `train.rec/.idx` and `val.bin` for `spec` under `cache_dir`."""
     from facerec.data.bins import write_bin
     from facerec.data.recordio import write_face_rec
 
-    root = Path(cache_dir) / f"synthetic-{spec.key()}"
+    root = Path(cache_dir) / f"synthetic-{spec_key(spec)}"
     paths = SyntheticPaths(root, root / "train.rec", root / "train.idx", root / "val.bin")
     if (root / "DONE").is_file() and all(p.is_file() for p in (paths.train_rec, paths.train_idx, paths.val_bin)):
         return paths

@@ -106,12 +106,9 @@ def build_train_data(cfg: Config, runtime=None) -> TrainData:
 
     val_paths = list(cfg.data.val)
     if cfg.data.train == "synthetic":
-        from facerec.data.synthetic_sets import SyntheticSpec, build_synthetic
+        from facerec.data.synthetic_sets import build_synthetic
 
-        s = cfg.data.synthetic
-        spec = SyntheticSpec(identities=s.identities, images_per_identity=s.images_per_identity,
-                             val_identities=s.val_identities, val_pairs=s.val_pairs, seed=s.seed,
-                             image_size=s.image_size)
+        spec = cfg.data.synthetic
         is_main = runtime is None or runtime.is_main
         if is_main:
             paths = build_synthetic(cfg.data.cache_dir, spec, log=print)
