@@ -62,3 +62,24 @@ def test_tune_mode_writes_nothing(tiny_cfg, tmp_path):
 def test_missing_training_set_is_a_clear_error(tiny_cfg, tmp_path):
     with pytest.raises(DataError, match="data.train"):
         train(tiny_cfg(f"data.train={tmp_path / 'none.rec'}"), tmp_path / "r", log=False)
+
+
+def test_bf16_autocast_step_runs_and_is_finite(tiny_cfg, tmp_path):
+    """The bf16 path (the fast path on CPUs with AVX512-BF16/AMX) trains with finite losses."""
+    result = train(tiny_cfg("train.epochs=0.3", "train.precision=bf16"), tmp_path / "bf16", log=False)
+    losses = [r["loss"] for r in read_metrics(tmp_path / "bf16") if "loss" in r]
+    assert result.steps == 2 and len(losses) == 2
+    assert all(l == l and l < 1e4 for l in losses)  # finite
+
+
+def test_resolve_precision():
+    import torch
+
+    from facerec.errors import ConfigError
+    from facerec.train.runtime import cpu_supports_bf16, resolve_precision
+
+    cpu = torch.device("cpu")
+    assert resolve_precision("auto", cpu) == ("bf16" if cpu_supports_bf16() else "fp32")
+    assert resolve_precision("bf16", cpu) == "bf16"
+    with pytest.raises(ConfigError, match="fp16 needs a CUDA device"):
+        resolve_precision("fp16", cpu)
