@@ -33,7 +33,7 @@ def fit_to_contract(x: torch.Tensor, pre: Preprocess) -> torch.Tensor:
 
 
 def _to_nchw_uint8(images) -> torch.Tensor:
-    t = torch.as_tensor(np.asarray(images)) if not torch.is_tensor(images) else images
+    t = torch.from_numpy(np.ascontiguousarray(images)) if not torch.is_tensor(images) else images
     if t.ndim != 4:
         raise DataError(f"images must be a batch [N, H, W, 3] or [N, 3, H, W], got shape {tuple(t.shape)}")
     if t.shape[-1] == 3 and t.shape[1] != 3:

@@ -1,0 +1,106 @@
+"""Evaluate a model on `.bin` verification sets: every protocol and flip mode from one pass.
+
+Each distinct image is embedded once with and once without mirroring, so the "none", "sum" and
+"concat" flip fusions and both protocols cost one pass of the model over the set.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+from torch import nn
+
+from facerec.errors import DataError
+
+# The usual file names of the standard verification sets in a data directory.
+STANDARD_BENCHES = ("lfw", "cfp_fp", "cfp_ff", "agedb_30", "calfw", "cplfw", "vgg2_fp")
+
+
+def resolve_bench(name: str, data_dir: str | Path | None) -> Path:
+    """`lfw` -> DATA/lfw.bin; a path to a `.bin` is used as is."""
+    p = Path(name)
+    if p.suffix == ".bin":
+        if not p.is_file():
+            raise DataError(f"verification set {str(p)!r} does not exist")
+        return p
+    if data_dir is None:
+        raise DataError(f"benchmark {name!r} needs --data DIR holding {name}.bin")
+    q = Path(data_dir) / f"{name}.bin"
+    if not q.is_file():
+        known = ", ".join(STANDARD_BENCHES)
+        raise DataError(f"benchmark {name!r}: {str(q)!r} does not exist (standard names: {known})")
+    return q
+
+
+def embed_bin(model: nn.Module, path: str | Path, batch_size: int = 256, device: str = "cpu",
+              progress: bool = True) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(embeddings, embeddings of the mirrored images, issame) for the pairs of a `.bin`."""
+    from facerec.data.bins import read_bin
+    from facerec.data.decode import decode_image
+    from facerec.eval.embeddings import extract_embeddings
+
+    images, issame = read_bin(path)
+    index: dict[bytes, int] = {}
+    inverse = np.array([index.setdefault(b, len(index)) for b in images])
+    uniq = list(index)
+    decoded = [decode_image(b, "RGB", f"{path} (image {i})") for i, b in enumerate(uniq)]
+    if len({d.shape for d in decoded}) != 1:
+        raise DataError(f"{path}: images of several sizes; a .bin must hold one size")
+    x = np.stack(decoded)
+    pre = model.preprocess
+    e = extract_embeddings(model, x, pre, flip="none", batch_size=batch_size, device=device, progress=progress)
+    ef = extract_embeddings(model, x[:, :, ::-1], pre, flip="none", batch_size=batch_size, device=device,
+                            progress=progress)
+    return e[inverse], ef[inverse], issame
+
+
+def fuse(e: np.ndarray, ef: np.ndarray, flip: str) -> np.ndarray:
+    if flip == "none":
+        return e
+    if flip == "sum":
+        return e + ef
+    if flip == "concat":
+        return np.concatenate([e, ef], axis=1)
+    raise ValueError(f"flip must be none, sum or concat, got {flip!r}")
+
+
+def evaluate_bins(
+    model: nn.Module,
+    benches: Sequence[str],
+    data_dir: str | Path | None = None,
+    protocols: Sequence[str] = ("insightface",),
+    flips: Sequence[str] = ("sum",),
+    batch_size: int = 256,
+    device: str = "cpu",
+    progress: bool = True,
+) -> list[dict[str, Any]]:
+    """One result row per (bench, protocol, flip), in the stable JSON shape of `facerec eval`."""
+    from facerec.eval.verification import evaluate
+
+    rows = []
+    for bench in benches:
+        path = resolve_bench(bench, data_dir)
+        e, ef, issame = embed_bin(model, path, batch_size, device, progress)
+        name = Path(bench).stem if Path(bench).suffix == ".bin" else bench
+        for protocol in protocols:
+            for flip in flips:
+                r = evaluate(fuse(e, ef, flip), issame, protocol=protocol)
+                rows.append({
+                    "bench": name, "protocol": protocol, "flip": flip, "num_pairs": r.num_pairs,
+                    "accuracy_mean": r.accuracy_mean, "accuracy_std": r.accuracy_std,
+                    "threshold_mean": r.threshold_mean, "tar_at_far": r.tar_at_far, "auc": r.auc, "eer": r.eer,
+                })
+    return rows
+
+
+def format_rows(rows: list[dict[str, Any]]) -> str:
+    """A Markdown table of result rows."""
+    lines = ["| set | protocol | flip | accuracy (%) | TAR@FAR=1e-3 | AUC |", "|---|---|---|---|---|---|"]
+    for r in rows:
+        tar = r["tar_at_far"].get("1e-3")
+        tar_s = "n/a" if tar is None else f"{100 * tar:.2f}"
+        lines.append(f"| {r['bench']} | {r['protocol']} | {r['flip']} | {100 * r['accuracy_mean']:.3f} ± "
+                     f"{100 * r['accuracy_std']:.2f} | {tar_s} | {r['auc']:.4f} |")
+    return "\n".join(lines)
