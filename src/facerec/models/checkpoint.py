@@ -89,12 +89,17 @@ def load_checkpoint(path: str | Path, arch: str | None = None, map_location: str
     if isinstance(obj, dict) and "net_state_dict" in obj:
         return _load_seed_mobilefacenet(obj["net_state_dict"], str(p))
     if isinstance(obj, dict) and obj and all(hasattr(v, "shape") for v in obj.values()):
-        if arch is None:
-            raise CheckpointError(f"{p}: a plain state_dict; say which architecture it is (arch=...)")
         from facerec.models.registry import create_model
 
-        model = create_model(arch)
-        load_state_strict(model, _strip(obj), str(p))
+        state = _strip(obj)
+        kwargs = _infer_iresnet(state) if arch is None else {}
+        if arch is None and kwargs is None:
+            raise CheckpointError(f"{p}: a plain state_dict of an architecture facerec cannot infer; "
+                                  f"pass arch=... (e.g. 'r50', 'mbf')")
+        if arch is None:
+            arch = kwargs.pop("arch")
+        model = create_model(arch, **kwargs)
+        load_state_strict(model, state, str(p))
         return model.eval()
     raise CheckpointError(f"{p}: not a checkpoint facerec knows (no 'facerec_model' or 'net_state_dict' entry)")
 
@@ -125,3 +130,23 @@ def _load_seed_mobilefacenet(state: dict[str, Any], where: str) -> nn.Module:
     model = create_model("mobilefacenet", preprocess=contract, embedding_size=int(emb.shape[0]), input_size=size)
     load_state_strict(model, state, where)
     return model.eval()
+
+
+def _infer_iresnet(state: dict[str, Any]) -> dict[str, Any] | None:
+    """Architecture of an arcface_torch IResNet `backbone.pth` from its keys and shapes."""
+    from facerec.models.iresnet import LAYERS
+
+    if "fc.weight" not in state or "layer4.0.conv1.weight" not in state:
+        return None
+    counts = []
+    for i in range(1, 5):
+        ids = {int(k.split(".")[1]) for k in state if k.startswith(f"layer{i}.")}
+        counts.append(max(ids) + 1 if ids else 0)
+    depth = next((d for d, layers in LAYERS.items() if tuple(counts) == layers), None)
+    if depth is None:
+        return None
+    emb, fc_in = (int(v) for v in state["fc.weight"].shape)
+    side = int(round((fc_in / 512) ** 0.5))
+    if side * side * 512 != fc_in:
+        return None
+    return {"arch": f"iresnet{depth}", "embedding_size": emb, "input_size": (side * 16, side * 16)}

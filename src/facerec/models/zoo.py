@@ -10,3 +10,18 @@ from facerec.models.registry import register_model
 def mobilefacenet(embedding_size: int = 128, input_size=(112, 112), width_mult: float = 1.0) -> MobileFaceNet:
     """The paper's MobileFaceNet (the seed's lineage); 128-d by default."""
     return MobileFaceNet(embedding_size=embedding_size, input_size=tuple(input_size), width_mult=width_mult)
+
+
+def _iresnet(depth: int):
+    from facerec.models.iresnet import LAYERS, IResNet
+
+    def build(embedding_size: int = 512, input_size=(112, 112), dropout: float = 0.0,
+              grad_checkpointing: bool = False) -> IResNet:
+        return IResNet(LAYERS[depth], embedding_size, tuple(input_size), dropout, grad_checkpointing)
+
+    build.__doc__ = f"IResNet-{depth} (arcface_torch `r{depth}`), 512-d by default."
+    return build
+
+
+for _depth in (18, 34, 50, 100, 200):
+    register_model(f"iresnet{_depth}", aliases=(f"r{_depth}",))(_iresnet(_depth))
