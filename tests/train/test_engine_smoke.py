@@ -83,3 +83,22 @@ def test_resolve_precision():
     assert resolve_precision("bf16", cpu) == "bf16"
     with pytest.raises(ConfigError, match="fp16 needs a CUDA device"):
         resolve_precision("fp16", cpu)
+
+
+@pytest.mark.slow
+def test_resume_mid_epoch_is_bit_identical(tiny_cfg, tmp_path):
+    """A run resumed from a mid-epoch checkpoint ends with exactly the uninterrupted run's weights."""
+    cfg = tiny_cfg("train.epochs=2", "train.checkpoint_every=4", "train.keep_last=10", "optim.schedule=cosine")
+    full = train(cfg, tmp_path / "full", log=False)
+    ckpts = sorted((tmp_path / "full" / "checkpoints").glob("ckpt-*.pt"))
+    assert [p.name for p in ckpts] == ["ckpt-00000004.pt", "ckpt-00000008.pt", "ckpt-00000012.pt"]
+    resumed = train(cfg, tmp_path / "resumed", resume=str(ckpts[0]), log=False)  # step 4 of 6 in epoch 0
+    assert resumed.steps == full.steps == 12
+    for a, b in ((full.model, resumed.model), (full.head, resumed.head)):
+        sa, sb = a.state_dict(), b.state_dict()
+        assert all(torch.equal(sa[k], sb[k]) for k in sa)
+
+
+def test_resume_auto_without_checkpoints_starts_fresh(tiny_cfg, tmp_path):
+    result = train(tiny_cfg("train.epochs=0.3"), tmp_path / "fresh", resume="auto", log=False)
+    assert result.steps == 2
