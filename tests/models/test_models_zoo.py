@@ -10,6 +10,7 @@ from facerec.models import create_model, list_models, load_checkpoint, save_mode
 PARAMS = {
     "iresnet18": 24_025_600, "iresnet34": 34_139_328, "iresnet50": 43_590_848,
     "iresnet100": 65_156_160, "iresnet200": 118_833_920, "mobilefacenet": 1_003_136,
+    "ir_se50": 43_813_568, "ir_se100": 65_528_384,
 }
 FAST = {"mobilefacenet", "iresnet18"}
 
@@ -82,3 +83,13 @@ def test_seed_mobilefacenet_checkpoint_loads_with_contract(shared_data):
     p = m.preprocess
     assert (p.input_size, p.color, p.template, p.embedding_size) == ((112, 96), "RGB", "sphereface", 128)
     assert p.mean == (127.5,) * 3 and p.std == (128.0,) * 3
+
+
+def test_se_block_reweights_channels():
+    from facerec.models.iresnet import SqueezeExcite
+
+    se = SqueezeExcite(32)
+    x = torch.randn(2, 32, 5, 5)
+    w = torch.sigmoid(se.fc2(torch.relu(se.fc1(x.mean((2, 3), keepdim=True)))))
+    assert torch.allclose(se(x), x * w)
+    assert ((w > 0) & (w < 1)).all()

@@ -39,6 +39,33 @@ class IBasicBlock(nn.Module):
         return out + shortcut
 
 
+class SqueezeExcite(nn.Module):
+    """Channel attention (Hu et al., "Squeeze-and-Excitation Networks", CVPR 2018)."""
+
+    def __init__(self, channels: int, reduction: int = 16) -> None:
+        super().__init__()
+        self.fc1 = nn.Conv2d(channels, channels // reduction, 1, bias=False)
+        self.fc2 = nn.Conv2d(channels // reduction, channels, 1, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        w = torch.sigmoid(self.fc2(torch.relu(self.fc1(x.mean((2, 3), keepdim=True)))))
+        return x * w
+
+
+class SEIBasicBlock(IBasicBlock):
+    """IR unit with squeeze-excitation on the residual branch (the seed's "SEResNet-IR")."""
+
+    def __init__(self, inplanes: int, planes: int, stride: int = 1, downsample: nn.Module | None = None,
+                 act_layer: Callable[[int], nn.Module] = nn.PReLU) -> None:
+        super().__init__(inplanes, planes, stride, downsample, act_layer)
+        self.se = SqueezeExcite(planes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.se(self.bn3(self.conv2(self.prelu(self.bn2(self.conv1(self.bn1(x)))))))
+        shortcut = self.downsample(x) if self.downsample is not None else x
+        return out + shortcut
+
+
 class IResNet(nn.Module):
     """IResNet: [B, 3, H, W] -> [B, embedding_size].
 

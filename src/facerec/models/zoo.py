@@ -12,16 +12,20 @@ def mobilefacenet(embedding_size: int = 128, input_size=(112, 112), width_mult: 
     return MobileFaceNet(embedding_size=embedding_size, input_size=tuple(input_size), width_mult=width_mult)
 
 
-def _iresnet(depth: int):
-    from facerec.models.iresnet import LAYERS, IResNet
+def _iresnet(depth: int, se: bool = False):
+    from facerec.models.iresnet import LAYERS, IBasicBlock, IResNet, SEIBasicBlock
 
     def build(embedding_size: int = 512, input_size=(112, 112), dropout: float = 0.0,
               grad_checkpointing: bool = False) -> IResNet:
-        return IResNet(LAYERS[depth], embedding_size, tuple(input_size), dropout, grad_checkpointing)
+        return IResNet(LAYERS[depth], embedding_size, tuple(input_size), dropout, grad_checkpointing,
+                       block=SEIBasicBlock if se else IBasicBlock)
 
-    build.__doc__ = f"IResNet-{depth} (arcface_torch `r{depth}`), 512-d by default."
+    build.__doc__ = (f"SE-IResNet-{depth} (squeeze-excitation in every IR unit)" if se
+                     else f"IResNet-{depth} (arcface_torch `r{depth}`)") + ", 512-d by default."
     return build
 
 
 for _depth in (18, 34, 50, 100, 200):
     register_model(f"iresnet{_depth}", aliases=(f"r{_depth}",))(_iresnet(_depth))
+for _depth in (50, 100):
+    register_model(f"ir_se{_depth}", aliases=(f"se_r{_depth}",))(_iresnet(_depth, se=True))
