@@ -29,3 +29,19 @@ for _depth in (18, 34, 50, 100, 200):
     register_model(f"iresnet{_depth}", aliases=(f"r{_depth}",))(_iresnet(_depth))
 for _depth in (50, 100):
     register_model(f"ir_se{_depth}", aliases=(f"se_r{_depth}",))(_iresnet(_depth, se=True))
+
+
+@register_model("mbf")
+def mbf(embedding_size: int = 512, input_size=(112, 112)):
+    """insightface arcface_torch `mbf` (scale 2, blocks 1-4-6-2)."""
+    from facerec.models.mbf_insightface import InsightFaceMobileFaceNet
+
+    return InsightFaceMobileFaceNet(embedding_size, tuple(input_size), (1, 4, 6, 2), 2)
+
+
+@register_model("mbf_large")
+def mbf_large(embedding_size: int = 512, input_size=(112, 112)):
+    """insightface arcface_torch `mbf_large` (scale 4, blocks 2-8-12-4)."""
+    from facerec.models.mbf_insightface import InsightFaceMobileFaceNet
+
+    return InsightFaceMobileFaceNet(embedding_size, tuple(input_size), (2, 8, 12, 4), 4)
