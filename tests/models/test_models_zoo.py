@@ -94,3 +94,13 @@ def test_se_block_reweights_channels():
     w = torch.sigmoid(se.fc2(torch.relu(se.fc1(x.mean((2, 3), keepdim=True)))))
     assert torch.allclose(se(x), x * w)
     assert ((w > 0) & (w < 1)).all()
+
+
+def test_arcface_torch_mbf_state_dict_infers_architecture(tmp_path):
+    src = create_model("mbf", embedding_size=256).eval()
+    torch.save(src.state_dict(), tmp_path / "backbone.pth")
+    m = load_checkpoint(tmp_path / "backbone.pth")
+    assert m.arch == "mbf" and m.preprocess.embedding_size == 256
+    x = torch.randn(1, 3, 112, 112)
+    with torch.no_grad():
+        assert torch.equal(m(x), src(x))

@@ -92,7 +92,7 @@ def load_checkpoint(path: str | Path, arch: str | None = None, map_location: str
         from facerec.models.registry import create_model
 
         state = _strip(obj)
-        kwargs = _infer_iresnet(state) if arch is None else {}
+        kwargs = (_infer_iresnet(state) or _infer_mbf(state)) if arch is None else {}
         if arch is None and kwargs is None:
             raise CheckpointError(f"{p}: a plain state_dict of an architecture facerec cannot infer; "
                                   f"pass arch=... (e.g. 'r50', 'mbf')")
@@ -150,3 +150,16 @@ def _infer_iresnet(state: dict[str, Any]) -> dict[str, Any] | None:
     if side * side * 512 != fc_in:
         return None
     return {"arch": f"iresnet{depth}", "embedding_size": emb, "input_size": (side * 16, side * 16)}
+
+
+def _infer_mbf(state: dict[str, Any]) -> dict[str, Any] | None:
+    """arcface_torch `mbf` / `mbf_large` from the stem width (128 or 256 channels)."""
+    stem, gdc, fc = (state.get(k) for k in ("layers.0.layers.0.weight", "features.layers.0.layers.0.weight",
+                                             "features.layers.2.weight"))
+    if stem is None or gdc is None or fc is None:
+        return None
+    arch = {128: "mbf", 256: "mbf_large"}.get(int(stem.shape[0]))
+    if arch is None:
+        return None
+    return {"arch": arch, "embedding_size": int(fc.shape[0]),
+            "input_size": (int(gdc.shape[-2]) * 16, int(gdc.shape[-1]) * 16)}
