@@ -25,6 +25,22 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     p.add_argument("--missing", default="mean", choices=["mean", "center", "error"],
                    help="images with NA landmarks: mean landmarks, centre crop, or an error")
     p.add_argument("--out", required=True, help="output .bin")
+    lst = sub.add_parser("list", help="list file (path<TAB>label) of an identity-per-folder tree")
+    lst.add_argument("root", help="root/<identity>/<images>")
+    lst.add_argument("--out", required=True, help="output list file")
+    pk = sub.add_parser("pack", help="pack a list file (or a folder tree) into RecordIO")
+    pk.add_argument("--list", default=None, help="list file (default: scan --root)")
+    pk.add_argument("--root", required=True, help="image root the list paths are relative to")
+    pk.add_argument("--landmarks", default=None, help="5-point landmarks TSV: align before packing")
+    pk.add_argument("--template", default="arcface", choices=["arcface", "sphereface"])
+    pk.add_argument("--size", type=_size, default=None, help="aligned output HxW (default: the template's)")
+    pk.add_argument("--missing", default="skip", choices=["skip", "center", "error"],
+                    help="images without landmarks: leave out (counted), centre crop, or an error")
+    pk.add_argument("--quality", type=int, default=95, help="JPEG quality of aligned images")
+    pk.add_argument("--out", required=True, help="output .rec (the .idx and property go beside it)")
+    ex = sub.add_parser("export", help="a .rec back to a folder per label (original bytes)")
+    ex.add_argument("rec")
+    ex.add_argument("--out", required=True)
     i = sub.add_parser("info", help="what a .rec or .bin holds")
     i.add_argument("path")
     i.add_argument("--json", action="store_true")
@@ -41,6 +57,21 @@ def run(args: argparse.Namespace) -> int:
         print(f"wrote {args.out}: {stats['pairs']} pairs ({sum(p.issame for p in pairs)} same), "
               f"{stats['images']} images aligned to the {args.template} template, "
               f"{stats['missing_landmarks']} without landmarks ({args.missing})")
+        return 0
+    if args.action == "list":
+        from facerec.data.folder import scan_folder, write_list
+
+        entries = scan_folder(args.root)
+        write_list(entries, args.out)
+        print(f"wrote {args.out}: {len(entries)} images of {len({e.label for e in entries})} identities")
+        return 0
+    if args.action == "pack":
+        return _pack(args)
+    if args.action == "export":
+        from facerec.data.folder import export_rec
+
+        n = export_rec(args.rec, args.out)
+        print(f"exported {n} images of {args.rec} into {args.out}/<label>/")
         return 0
     if args.action == "info":
         info = data_info(args.path)
@@ -69,3 +100,43 @@ def data_info(path: str) -> dict:
     return {"path": path, "num_images": len(ds), "num_classes": ds.num_classes,
             "image_size": [int(x.shape[1]), int(x.shape[2])],
             "label_range": [int(ds.labels.min()), int(ds.labels.max())]}
+
+
+def _pack(args: argparse.Namespace) -> int:
+    from facerec.data.folder import pack_list, read_list, scan_folder
+
+    entries = read_list(args.list) if args.list else scan_folder(args.root)
+    transform = None
+    if args.landmarks:
+        import numpy as np
+
+        from facerec.data.align import align_face, center_crop, read_landmarks
+        from facerec.data.decode import decode_image
+        from facerec.data.synthetic import encode_jpeg
+        from facerec.errors import DataError
+
+        lms = read_landmarks(args.landmarks)
+        size = args.size or ((112, 112) if args.template == "arcface" else (112, 96))
+        kept, skipped = [], []
+        for e in entries:
+            if lms.get(e.path) is None and args.missing == "skip":
+                skipped.append(e.path)
+            elif e.path not in lms and args.missing == "error":
+                raise DataError(f"{e.path}: not in the landmarks file {args.landmarks}")
+            else:
+                kept.append(e)
+        if skipped:
+            print(f"skipped {len(skipped)} image(s) without landmarks (policy 'skip'), e.g. {skipped[0]}")
+        entries = kept
+
+        def transform(data: bytes, path: str) -> bytes:
+            img = decode_image(data, where=path)
+            lm = lms.get(path)
+            if lm is None:
+                if args.missing == "error":
+                    raise DataError(f"{path}: landmarks are NA")
+                return encode_jpeg(center_crop(img, size), args.quality)
+            return encode_jpeg(align_face(img, np.asarray(lm), args.template, size), args.quality)
+
+    pack_list(entries, args.root, args.out, transform, log=print)
+    return 0

@@ -1,0 +1,65 @@
+import hashlib
+
+import pytest
+
+from facerec.cli import main
+from facerec.data.folder import read_list, scan_folder
+from facerec.data.synthetic import encode_jpeg, render_image
+from facerec.errors import DataError
+
+
+@pytest.fixture
+def tree(tmp_path):
+    root = tmp_path / "faces"
+    for ident in ("bob", "alice", "carol"):
+        for j in range(3):
+            d = root / ident / ("frontal" if j < 2 else "profile")
+            d.mkdir(parents=True, exist_ok=True)
+            (d / f"{j:02d}.jpg").write_bytes(encode_jpeg(render_image(5, len(ident) * 7 + j, j, size=48)))
+    return root
+
+
+def digest_tree(root):
+    return sorted(hashlib.sha1(p.read_bytes()).hexdigest() for p in root.rglob("*.jpg"))
+
+
+def test_folder_list_rec_export_round_trip(tree, tmp_path):
+    assert main(["data", "list", str(tree), "--out", str(tmp_path / "list.tsv")]) == 0
+    entries = read_list(tmp_path / "list.tsv")
+    assert {e.path.split("/")[0]: e.label for e in entries} == {"alice": 0, "bob": 1, "carol": 2}
+    assert main(["data", "pack", "--list", str(tmp_path / "list.tsv"), "--root", str(tree),
+                 "--out", str(tmp_path / "rec" / "train.rec")]) == 0
+    assert (tmp_path / "rec" / "property").read_text().strip() == "3,48,48"
+    assert main(["data", "export", str(tmp_path / "rec" / "train.rec"), "--out", str(tmp_path / "out")]) == 0
+    # identical bytes, and each exported label folder holds exactly one identity's images
+    assert digest_tree(tmp_path / "out") == digest_tree(tree)
+    for label, ident in enumerate(("alice", "bob", "carol")):
+        assert sorted(digest_tree(tmp_path / "out" / str(label))) == sorted(digest_tree(tree / ident))
+
+
+def test_empty_identity_folder_is_named(tree):
+    (tree / "dave").mkdir()
+    with pytest.raises(DataError, match="dave"):
+        scan_folder(tree)
+
+
+def test_bad_list_line_names_file_and_line(tmp_path):
+    (tmp_path / "l.tsv").write_text("a.jpg\t0\nb.jpg\tx\n")
+    with pytest.raises(DataError, match=r"l.tsv:2"):
+        read_list(tmp_path / "l.tsv")
+
+
+@pytest.mark.shared_data
+def test_pack_real_faces_aligned_with_landmarks(shared_data, tmp_path):
+    from facerec.data.dataset import RecordFaceDataset
+
+    root = shared_data / "cfp_train" / "images"
+    lines = [f"{i:03d}/frontal/{j:02d}.jpg\t{i}\n" for i in (1, 2, 3) for j in (1, 2)]
+    (tmp_path / "l.tsv").write_text("".join(lines))
+    assert main(["data", "pack", "--list", str(tmp_path / "l.tsv"), "--root", str(root),
+                 "--landmarks", str(shared_data / "cfp_train" / "landmarks.tsv"),
+                 "--out", str(tmp_path / "train.rec")]) == 0
+    ds = RecordFaceDataset(tmp_path / "train.rec")
+    assert len(ds) == 6 and ds.num_classes == 3
+    x, y = ds[0]
+    assert tuple(x.shape) == (3, 112, 112) and y == 0
