@@ -1,0 +1,116 @@
+"""MegaFace-style identification and verification against distractors, exact and chunked.
+
+Challenge-1 protocol (Kemelmacher-Shlizerman et al., "The MegaFace Benchmark", CVPR 2016): for
+every ordered pair (a, b) of distinct images of one probe identity, image b is hidden among N
+distractors and a is the query; the rank of b is 1 + the number of distractors scoring higher
+than b. CMC(r) is the fraction of pairs with rank <= r. Verification: genuine pairs are the
+probe pairs, impostor pairs are probe x distractor; TAR at the threshold where a fraction FAR
+of impostors is accepted.
+
+Scores are cosine similarities. The distractor matrix is visited in chunks with a running
+top-k per probe (never a full P x N score matrix), so memory stays at the distractors plus
+O(P * (k + chunk)).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from facerec.errors import DataError
+
+
+def _normalize(x: np.ndarray | torch.Tensor) -> torch.Tensor:
+    t = torch.as_tensor(np.ascontiguousarray(x) if isinstance(x, np.ndarray) else x).float()
+    return torch.nn.functional.normalize(t, dim=1)
+
+
+def topk_scores(queries, base, k: int, chunk: int = 65536) -> torch.Tensor:
+    """The k highest cosine scores of each query against `base`, descending: [Q, k]."""
+    q = _normalize(queries)
+    best = torch.full((q.shape[0], 0), -math.inf)
+    for start in range(0, base.shape[0], chunk):
+        b = _normalize(base[start : start + chunk])
+        s = q @ b.t()
+        best = torch.topk(torch.cat([best, s], dim=1), k=min(k, best.shape[1] + s.shape[1]), dim=1)[0]
+    return best
+
+
+@dataclass
+class IdentificationResult:
+    cmc: np.ndarray  # cmc[r-1] = fraction of probe pairs found at rank <= r
+    rank1: float
+    num_pairs: int
+    num_distractors: int
+    tar_at_far: dict[str, float | None]
+
+
+def megaface_evaluate(
+    probe_features, probe_labels, distractor_features, max_rank: int = 10, fars=(1e-6,), chunk: int = 65536
+) -> IdentificationResult:
+    """Rank-1 / CMC up to `max_rank` and TAR@FAR for probes against distractors."""
+    labels = np.asarray(probe_labels)
+    if len(labels) != len(probe_features):
+        raise DataError(f"{len(labels)} probe labels for {len(probe_features)} probe features")
+    p = _normalize(probe_features)
+    n = int(distractor_features.shape[0])
+    genuine_scores = []
+    ranks = []
+    top = topk_scores(p, distractor_features, max_rank, chunk) if n else torch.empty(len(p), 0)
+    for ident in np.unique(labels):
+        idx = np.nonzero(labels == ident)[0]
+        if len(idx) < 2:
+            continue
+        s = p[idx] @ p[idx].t()
+        for i in range(len(idx)):
+            for j in range(len(idx)):
+                if i == j:
+                    continue
+                target = s[i, j]
+                ranks.append(1 + int((top[idx[i]] > target).sum()))  # capped at max_rank + 1
+                if i < j:
+                    genuine_scores.append(float(target))
+    if not ranks:
+        raise DataError("no probe identity has two or more images")
+    ranks_arr = np.array(ranks)
+    cmc = np.array([(ranks_arr <= r).mean() for r in range(1, max_rank + 1)])
+    tar: dict[str, float | None] = {}
+    genuine = np.array(genuine_scores)
+    for far in fars:
+        key = f"{far:.0e}".replace("e-0", "e-")
+        n_imp = len(p) * n
+        k = int(math.floor(far * n_imp))
+        if n_imp == 0 or far * n_imp < 1:
+            tar[key] = None
+            continue
+        # threshold = the (k+1)-th highest impostor score: accepting scores above it accepts k impostors
+        kth = topk_scores(p, distractor_features, k + 1, chunk).flatten()
+        thr = float(torch.topk(kth, k + 1)[0][-1])
+        tar[key] = float((genuine > thr).mean())
+    return IdentificationResult(cmc, float(cmc[0]), len(ranks), n, tar)
+
+
+def read_devkit_feature(path: str | Path) -> np.ndarray:
+    """One MegaFace devkit feature file: OpenCV mat binary `int32 rows, cols, stride, type` (type 5
+    = CV_32F), then rows x cols float32."""
+    p = Path(path)
+    data = p.read_bytes()
+    if len(data) < 16:
+        raise DataError(f"{p}: too short for an OpenCV mat header")
+    rows, cols, stride, typ = np.frombuffer(data[:16], dtype="<i4")
+    if typ != 5:
+        raise DataError(f"{p}: mat type {typ}, expected 5 (CV_32F)")
+    n = int(rows) * int(cols)
+    if len(data) < 16 + 4 * n:
+        raise DataError(f"{p}: header announces {rows}x{cols} floats, file holds {(len(data) - 16) // 4}")
+    return np.frombuffer(data[16 : 16 + 4 * n], dtype="<f4").reshape(int(rows), int(cols)).copy()
+
+
+def write_devkit_feature(path: str | Path, feature: np.ndarray) -> None:
+    f = np.asarray(feature, dtype="<f4").reshape(1, -1) if np.ndim(feature) == 1 else np.asarray(feature, "<f4")
+    rows, cols = f.shape
+    Path(path).write_bytes(np.array([rows, cols, cols * 4, 5], dtype="<i4").tobytes() + f.tobytes())
