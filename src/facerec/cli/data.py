@@ -14,16 +14,20 @@ def _size(text: str) -> tuple[int, int]:
         raise argparse.ArgumentTypeError(f"size must look like 112x112 (HxW), got {text!r}") from None
 
 
+def _alignment_arguments(p: argparse.ArgumentParser, required: bool, missing: tuple[str, ...], missing_help: str) -> None:
+    p.add_argument("--landmarks", required=required, default=None, help="5-point landmarks TSV (aligns the images)")
+    p.add_argument("--template", default="arcface", choices=["arcface", "sphereface"])
+    p.add_argument("--size", type=_size, default=None, help="aligned output HxW (default: the template's)")
+    p.add_argument("--missing", default=missing[0], choices=list(missing), help=missing_help)
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     sub = parser.add_subparsers(dest="action", required=True, metavar="ACTION")
     p = sub.add_parser("pairs2bin", help="aligned .bin from an LFW pairs.txt or a pairs CSV")
     p.add_argument("--pairs", required=True, help="LFW pairs.txt, or CSV path1,path2,issame[,fold]")
     p.add_argument("--images", required=True, help="image root the pair paths are relative to")
-    p.add_argument("--landmarks", required=True, help="5-point landmarks TSV")
-    p.add_argument("--template", default="arcface", choices=["arcface", "sphereface"])
-    p.add_argument("--size", type=_size, default=None, help="output HxW (default: the template's)")
-    p.add_argument("--missing", default="mean", choices=["mean", "center", "error"],
-                   help="images with NA landmarks: mean landmarks, centre crop, or an error")
+    _alignment_arguments(p, required=True, missing=("mean", "center", "error"),
+                         missing_help="images with NA landmarks: mean landmarks, centre crop, or an error")
     p.add_argument("--out", required=True, help="output .bin")
     lst = sub.add_parser("list", help="list file (path<TAB>label) of an identity-per-folder tree")
     lst.add_argument("root", help="root/<identity>/<images>")
@@ -31,11 +35,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     pk = sub.add_parser("pack", help="pack a list file (or a folder tree) into RecordIO")
     pk.add_argument("--list", default=None, help="list file (default: scan --root)")
     pk.add_argument("--root", required=True, help="image root the list paths are relative to")
-    pk.add_argument("--landmarks", default=None, help="5-point landmarks TSV: align before packing")
-    pk.add_argument("--template", default="arcface", choices=["arcface", "sphereface"])
-    pk.add_argument("--size", type=_size, default=None, help="aligned output HxW (default: the template's)")
-    pk.add_argument("--missing", default="skip", choices=["skip", "center", "error"],
-                    help="images without landmarks: leave out (counted), centre crop, or an error")
+    _alignment_arguments(pk, required=False, missing=("skip", "center", "error"),
+                         missing_help="images without landmarks: leave out (counted), centre crop, or an error")
     pk.add_argument("--quality", type=int, default=95, help="JPEG quality of aligned images")
     pk.add_argument("--out", required=True, help="output .rec (the .idx and property go beside it)")
     ex = sub.add_parser("export", help="a .rec back to a folder per label (original bytes)")
