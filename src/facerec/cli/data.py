@@ -42,6 +42,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     ex = sub.add_parser("export", help="a .rec back to a folder per label (original bytes)")
     ex.add_argument("rec")
     ex.add_argument("--out", required=True)
+    v = sub.add_parser("verify", help="scan a .rec or .bin and report every bad record")
+    v.add_argument("path")
     i = sub.add_parser("info", help="what a .rec or .bin holds")
     i.add_argument("path")
     i.add_argument("--json", action="store_true")
@@ -74,6 +76,14 @@ def run(args: argparse.Namespace) -> int:
         n = export_rec(args.rec, args.out)
         print(f"exported {n} images of {args.rec} into {args.out}/<label>/")
         return 0
+    if args.action == "verify":
+        from facerec.data.verify import verify_bin, verify_rec
+
+        report = verify_bin(args.path) if args.path.endswith(".bin") else verify_rec(args.path)
+        for problem in report.problems:
+            print(problem)
+        print(f"{args.path}: {report.checked} records checked, {len(report.problems)} problem(s)")
+        return 0 if report.ok else 1
     if args.action == "info":
         info = data_info(args.path)
         print(json.dumps(info, indent=2) if args.json else "\n".join(f"{k}: {v}" for k, v in info.items()))
