@@ -42,6 +42,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     ex = sub.add_parser("export", help="a .rec back to a folder per label (original bytes)")
     ex.add_argument("rec")
     ex.add_argument("--out", required=True)
+    cv = sub.add_parser("convert", help="an insightface .bin to the non-pickle .npz pair format")
+    cv.add_argument("src")
+    cv.add_argument("--out", required=True, help="output .npz")
     v = sub.add_parser("verify", help="scan a .rec or .bin and report every bad record")
     v.add_argument("path")
     i = sub.add_parser("info", help="what a .rec or .bin holds")
@@ -76,10 +79,16 @@ def run(args: argparse.Namespace) -> int:
         n = export_rec(args.rec, args.out)
         print(f"exported {n} images of {args.rec} into {args.out}/<label>/")
         return 0
+    if args.action == "convert":
+        from facerec.data.bins import convert_bin_to_npz
+
+        n = convert_bin_to_npz(args.src, args.out)
+        print(f"wrote {args.out}: {n} pairs (no pickle)")
+        return 0
     if args.action == "verify":
         from facerec.data.verify import verify_bin, verify_rec
 
-        report = verify_bin(args.path) if args.path.endswith(".bin") else verify_rec(args.path)
+        report = verify_bin(args.path) if args.path.endswith((".bin", ".npz")) else verify_rec(args.path)
         for problem in report.problems:
             print(problem)
         print(f"{args.path}: {report.checked} records checked, {len(report.problems)} problem(s)")
@@ -98,12 +107,13 @@ def data_info(path: str) -> dict:
 
     from facerec.data.decode import decode_image
 
-    if path.endswith(".bin"):
-        from facerec.data.bins import read_bin
+    if path.endswith((".bin", ".npz")):
+        from facerec.data.bins import read_pairs
 
-        images, issame = read_bin(path)
+        images, issame, folds = read_pairs(path)
         h, w = decode_image(images[0], where=f"{path} (image 0)").shape[:2]
-        return {"path": path, "num_pairs": int(len(issame)), "num_same": int(np.sum(issame)), "image_size": [h, w]}
+        return {"path": path, "num_pairs": int(len(issame)), "num_same": int(np.sum(issame)), "image_size": [h, w],
+                "num_folds": int(len(np.unique(folds))) if folds is not None else None}
     from facerec.data.dataset import RecordFaceDataset
 
     ds = RecordFaceDataset(Path(path))

@@ -89,3 +89,63 @@ def write_bin(path: str | Path, images: Sequence[bytes], issame: Sequence[bool])
     pickle.dump(([bytes(b) for b in images], flags), buf, protocol=4)
     with atomic_open(path, "wb") as fh:
         fh.write(buf.getvalue())
+
+
+# ---------------------------------------------------------------------------------------------
+# A non-pickle verification-set format: numpy .npz loaded with allow_pickle=False.
+
+
+def write_pairs_npz(path: str | Path, images: Sequence[bytes], issame: Sequence[bool],
+                    folds: Sequence[int] | None = None) -> None:
+    """Store pairs as `.npz` arrays (concatenated image bytes + offsets, issame, optional folds)."""
+    flags = np.asarray([bool(x) for x in issame])
+    if len(images) != 2 * len(flags):
+        raise DataError(f"{path}: {len(images)} images for {len(flags)} pairs; need 2 images per pair")
+    lengths = np.array([len(b) for b in images], dtype=np.int64)
+    arrays = {
+        "data": np.frombuffer(b"".join(bytes(b) for b in images), dtype=np.uint8),
+        "offsets": np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64),
+        "issame": flags,
+    }
+    if folds is not None:
+        f = np.asarray(folds, dtype=np.int64)
+        if f.shape != flags.shape:
+            raise DataError(f"{path}: {f.size} fold ids for {flags.size} pairs")
+        arrays["folds"] = f
+    buf = io.BytesIO()
+    np.savez(buf, **arrays)
+    with atomic_open(path, "wb") as fh:
+        fh.write(buf.getvalue())
+
+
+def read_pairs_npz(path: str | Path) -> tuple[list[bytes], np.ndarray, np.ndarray | None]:
+    """Load a `.npz` pair set (never unpickles): (images, issame, folds or None)."""
+    p = Path(path)
+    if not p.is_file():
+        raise DataError(f"verification set {str(p)!r} does not exist")
+    try:
+        with np.load(p, allow_pickle=False) as z:
+            data, offsets, issame = z["data"], z["offsets"], z["issame"].astype(bool)
+            folds = z["folds"] if "folds" in z.files else None
+    except (ValueError, KeyError, OSError) as exc:
+        raise DataError(f"{p}: not a facerec .npz pair set ({exc.__class__.__name__}: {exc})") from None
+    if offsets.size != 2 * issame.size + 1 or offsets[-1] != data.size:
+        raise DataError(f"{p}: offsets do not match the data ({offsets.size - 1} images, {issame.size} pairs)")
+    raw = data.tobytes()
+    images = [raw[offsets[i] : offsets[i + 1]] for i in range(offsets.size - 1)]
+    return images, issame, folds
+
+
+def read_pairs(path: str | Path) -> tuple[list[bytes], np.ndarray, np.ndarray | None]:
+    """A verification set by suffix: `.bin` (insightface pickle, contiguous folds) or `.npz`."""
+    if str(path).endswith(".npz"):
+        return read_pairs_npz(path)
+    images, issame = read_bin(path)
+    return images, issame, None
+
+
+def convert_bin_to_npz(src: str | Path, dst: str | Path) -> int:
+    """Convert an insightface `.bin` to the non-pickle `.npz` format; returns the number of pairs."""
+    images, issame = read_bin(src)
+    write_pairs_npz(dst, images, issame)
+    return int(issame.size)

@@ -80,7 +80,10 @@ def build_pairs_bin(
     quality: int = 95,
     log: Callable[[str], None] | None = None,
 ) -> dict[str, int]:
-    """Align every image of `pairs` once and write the `.bin` (pairs in the given order).
+    """Align every image of `pairs` once and write the set (pairs in the given order).
+
+    `out` ending in `.npz` writes the non-pickle format with the folds of the pairs file; a
+    `.bin` has no fold field (its pairs stay in file order, i.e. contiguous folds).
 
     Args:
         missing: what to do with an image whose landmarks are NA: "mean" (use the mean landmarks
@@ -91,7 +94,7 @@ def build_pairs_bin(
     from PIL import Image
 
     from facerec.data.align import align_face, center_crop
-    from facerec.data.bins import write_bin
+    from facerec.data.bins import write_bin, write_pairs_npz
     from facerec.data.synthetic import encode_jpeg
 
     root = Path(image_root)
@@ -128,5 +131,9 @@ def build_pairs_bin(
     images = []
     for p in pairs:
         images += [encoded[p.path1], encoded[p.path2]]
-    write_bin(out, images, [p.issame for p in pairs])
+    if str(out).endswith(".npz"):  # keeps the folds of the pairs file explicitly
+        folds = [p.fold for p in pairs] if all(p.fold >= 0 for p in pairs) else None
+        write_pairs_npz(out, images, [p.issame for p in pairs], folds)
+    else:
+        write_bin(out, images, [p.issame for p in pairs])
     return {"pairs": len(pairs), "images": len(names), "missing_landmarks": n_missing}

@@ -50,13 +50,13 @@ def verify_rec(path: str | Path, decode: bool = True) -> VerifyReport:
 
 
 def verify_bin(path: str | Path) -> VerifyReport:
-    """Load a `.bin` safely and decode every image; collect the failures."""
-    from facerec.data.bins import read_bin
+    """Load a `.bin` (safely) or `.npz` pair set and decode every image; collect the failures."""
+    from facerec.data.bins import read_pairs
     from facerec.data.decode import decode_image
 
     report = VerifyReport(str(path))
     try:
-        images, _ = read_bin(path)
+        images, _, _ = read_pairs(path)
     except DataError as exc:
         report.problems.append(str(exc))
         return report

@@ -21,13 +21,15 @@ STANDARD_BENCHES = ("lfw", "cfp_fp", "cfp_ff", "agedb_30", "calfw", "cplfw", "vg
 def resolve_bench(name: str, data_dir: str | Path | None) -> Path:
     """`lfw` -> DATA/lfw.bin; a path to a `.bin` is used as is."""
     p = Path(name)
-    if p.suffix == ".bin":
+    if p.suffix in (".bin", ".npz"):
         if not p.is_file():
             raise DataError(f"verification set {str(p)!r} does not exist")
         return p
     if data_dir is None:
         raise DataError(f"benchmark {name!r} needs --data DIR holding {name}.bin")
     q = Path(data_dir) / f"{name}.bin"
+    if not q.is_file() and (Path(data_dir) / f"{name}.npz").is_file():
+        q = Path(data_dir) / f"{name}.npz"
     if not q.is_file():
         known = ", ".join(STANDARD_BENCHES)
         raise DataError(f"benchmark {name!r}: {str(q)!r} does not exist (standard names: {known})")
@@ -35,13 +37,13 @@ def resolve_bench(name: str, data_dir: str | Path | None) -> Path:
 
 
 def embed_bin(model: nn.Module, path: str | Path, batch_size: int = 256, device: str = "cpu",
-              progress: bool = True) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(embeddings, embeddings of the mirrored images, issame) for the pairs of a `.bin`."""
-    from facerec.data.bins import read_bin
+              progress: bool = True) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray | None]:
+    """(embeddings, embeddings of the mirrored images, issame, folds or None) of a pair set."""
+    from facerec.data.bins import read_pairs
     from facerec.data.decode import decode_image
     from facerec.eval.embeddings import extract_embeddings
 
-    images, issame = read_bin(path)
+    images, issame, folds = read_pairs(path)
     index: dict[bytes, int] = {}
     inverse = np.array([index.setdefault(b, len(index)) for b in images])
     uniq = list(index)
@@ -53,7 +55,7 @@ def embed_bin(model: nn.Module, path: str | Path, batch_size: int = 256, device:
     e = extract_embeddings(model, x, pre, flip="none", batch_size=batch_size, device=device, progress=progress)
     ef = extract_embeddings(model, x[:, :, ::-1], pre, flip="none", batch_size=batch_size, device=device,
                             progress=progress)
-    return e[inverse], ef[inverse], issame
+    return e[inverse], ef[inverse], issame, folds
 
 
 def fuse(e: np.ndarray, ef: np.ndarray, flip: str) -> np.ndarray:
@@ -82,13 +84,14 @@ def evaluate_bins(
     rows = []
     for bench in benches:
         path = resolve_bench(bench, data_dir)
-        e, ef, issame = embed_bin(model, path, batch_size, device, progress)
-        name = Path(bench).stem if Path(bench).suffix == ".bin" else bench
+        e, ef, issame, folds = embed_bin(model, path, batch_size, device, progress)
+        name = Path(bench).stem if Path(bench).suffix in (".bin", ".npz") else bench
         for protocol in protocols:
             for flip in flips:
-                r = evaluate(fuse(e, ef, flip), issame, protocol=protocol)
+                r = evaluate(fuse(e, ef, flip), issame, protocol=protocol, folds=folds)
                 rows.append({
                     "bench": name, "protocol": protocol, "flip": flip, "num_pairs": r.num_pairs,
+                    "num_folds": len(r.fold_accuracies),
                     "accuracy_mean": r.accuracy_mean, "accuracy_std": r.accuracy_std,
                     "threshold_mean": r.threshold_mean, "tar_at_far": r.tar_at_far, "auc": r.auc, "eer": r.eer,
                 })
