@@ -34,12 +34,14 @@ class ModelConfig:
 class HeadConfig:
     """The classification head owning the class centres, and its margin."""
 
-    type: Literal["fc", "partial_fc"] = "fc"
+    type: Literal["fc", "partial_fc", "softmax"] = "fc"
     margin: str = "arcface"
     s: float = 64.0
     m: float = 0.5
     options: dict[str, Any] = field(default_factory=dict)
     sample_rate: float = 1.0
+    sub_centers: int = 1
+    sparse_grad: bool = False
 
 
 @dataclass

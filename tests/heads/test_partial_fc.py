@@ -96,3 +96,71 @@ def test_two_process_gloo_equals_single_process_full_softmax():
         torch.testing.assert_close(out[r]["loss"], ref_loss, rtol=1e-5, atol=1e-6)
     torch.testing.assert_close(ge, ref_ge, rtol=1e-4, atol=1e-6)
     torch.testing.assert_close(gw, ref_gw, rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.parametrize("sparse", [False, True])
+def test_sampled_cosine_chunks_and_gradients_match_autograd(sparse):
+    from facerec.heads.partial_fc import _SampledCosine
+
+    g = torch.Generator().manual_seed(0)
+    w = (torch.randn(20, D, generator=g) * 0.3).requires_grad_(True)
+    e = torch.nn.functional.normalize(torch.randn(5, D, generator=g), dim=1).requires_grad_(True)
+    index = torch.tensor([0, 2, 3, 7, 8, 11, 19])
+    upstream = torch.randn(5, index.numel(), generator=g)
+    ref = e @ torch.nn.functional.normalize(w[index], dim=1).t()
+    ref_ge, ref_gw = torch.autograd.grad((ref * upstream).sum(), (e, w))
+    out = _SampledCosine.apply(e, w, index, sparse, 3)  # chunks of 3 rows: 3 + 3 + 1
+    ge, gw = torch.autograd.grad((out * upstream).sum(), (e, w))
+    torch.testing.assert_close(out, ref)
+    torch.testing.assert_close(ge, ref_ge)
+    assert gw.is_sparse == sparse
+    gw = gw.to_dense() if sparse else gw
+    torch.testing.assert_close(gw, ref_gw)
+    untouched = torch.ones(20, dtype=torch.bool)
+    untouched[index] = False
+    assert gw[untouched].abs().sum() == 0
+
+
+def _sampling_worker(rank, world, port, out):
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    dist.init_process_group("gloo", rank=rank, world_size=world)
+    try:
+        torch.set_num_threads(1)
+        torch.manual_seed(100 + rank)  # ranks sample different negatives
+        classes = 400
+        head = PartialFC(CosFace(16.0, 0.35), D, classes, sample_rate=0.1, sparse_grad=True)
+        records = []
+        for step, n in enumerate([7, 12, 3, 9, 16]):  # batch sizes change between steps and ranks
+            g = torch.Generator().manual_seed(1000 * step + rank)
+            labels = torch.randint(0, classes, (n + rank,), generator=g)
+            e = torch.randn(labels.numel(), D, generator=g, requires_grad=True)
+            loss = head(e, labels)
+            loss.backward()
+            gathered = [torch.zeros(0, dtype=torch.long)] * world
+            dist.all_gather_object(gathered, labels)
+            records.append({"loss": loss.item(), "labels": torch.cat(gathered).tolist(),
+                            "index": head.last_index.tolist(), "finite": bool(torch.isfinite(e.grad).all()),
+                            "grad_rows": head.weight.grad.coalesce().indices()[0].add(head.class_start).tolist()})
+            head.weight.grad = None
+        out[rank] = {"records": records, "start": head.class_start, "n": head.num_local,
+                     "num_sample": head.num_sample}
+    finally:
+        dist.destroy_process_group()
+
+
+@pytest.mark.slow
+def test_two_process_sample_rate_keeps_every_positive_class():
+    out = mp.Manager().dict()
+    mp.spawn(_sampling_worker, args=(2, _free_port(), out), nprocs=2, join=True)
+    for step in range(5):
+        r0, r1 = out[0]["records"][step], out[1]["records"][step]
+        assert r0["loss"] == pytest.approx(r1["loss"], rel=1e-6)  # one global loss
+        assert r0["labels"] == r1["labels"]
+        sampled = set(r0["index"]) | set(r1["index"])
+        assert set(r0["labels"]) <= sampled  # every positive of the global batch, on its own rank
+        for r in (0, 1):
+            rec, lo, n = out[r]["records"][step], out[r]["start"], out[r]["n"]
+            positives = {c for c in rec["labels"] if lo <= c < lo + n}
+            assert len(rec["index"]) == max(out[r]["num_sample"], len(positives))
+            assert all(lo <= c < lo + n for c in rec["index"])
+            assert rec["finite"] and set(rec["grad_rows"]) == set(rec["index"])  # sparse grad: sampled rows only

@@ -102,3 +102,20 @@ def test_resume_mid_epoch_is_bit_identical(tiny_cfg, tmp_path):
 def test_resume_auto_without_checkpoints_starts_fresh(tiny_cfg, tmp_path):
     result = train(tiny_cfg("train.epochs=0.3"), tmp_path / "fresh", resume="auto", log=False)
     assert result.steps == 2
+
+
+@pytest.mark.parametrize("head", [
+    ["head.type=partial_fc", "head.sample_rate=0.5", "head.sparse_grad=true", "head.sub_centers=2",
+     "head.margin=adaface", "head.m=0.4"],
+    ["head.type=fc", "head.margin=magface", "head.options={l_a: 1.0, u_a: 20.0}"],
+    ["head.type=fc", "head.margin=curricularface"],
+    ["head.type=softmax"],
+])
+def test_every_head_kind_trains_from_the_config(tiny_cfg, tmp_path, head):
+    torch.manual_seed(0)
+    run = tmp_path / "run"
+    result = train(tiny_cfg("train.epochs=1", *head), run, log=False)
+    losses = [r["loss"] for r in read_metrics(run) if "loss" in r]
+    assert len(losses) == result.steps > 0 and all(torch.isfinite(torch.tensor(losses)))
+    state = torch.load(result.checkpoint, weights_only=True)
+    assert any(k.startswith("weight") or ".weight" in k for k in state["head"])

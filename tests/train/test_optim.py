@@ -61,3 +61,63 @@ def test_head_learning_rate():
     cfg = OptimConfig(lr=0.1, head_lr=1.0)
     opt = build_optimizer(cfg, nn.Linear(2, 2), nn.Linear(2, 3))
     assert [g["lr"] for g in opt.param_groups] == [0.1, 1.0]
+
+
+@pytest.mark.parametrize("momentum,weight_decay,nesterov", [(0.0, 0.0, False), (0.9, 5e-4, False), (0.9, 1e-2, True)])
+def test_sgd_equals_torch_sgd_on_dense_gradients(momentum, weight_decay, nesterov):
+    from facerec.train.optim import SGD
+
+    torch.manual_seed(0)
+    a = nn.Linear(4, 3)
+    b = nn.Linear(4, 3)
+    b.load_state_dict(a.state_dict())
+    ours = SGD(a.parameters(), lr=0.1, momentum=momentum, weight_decay=weight_decay, nesterov=nesterov)
+    ref = torch.optim.SGD(b.parameters(), lr=0.1, momentum=momentum, weight_decay=weight_decay, nesterov=nesterov)
+    for step in range(4):
+        x = torch.randn(8, 4)
+        for model, opt in ((a, ours), (b, ref)):
+            opt.zero_grad()
+            model(x).pow(2).sum().backward()
+            opt.step()
+    for p, q in zip(a.parameters(), b.parameters()):
+        torch.testing.assert_close(p, q)
+
+
+def test_sgd_sparse_rows_update_lazily_and_match_the_dense_rule():
+    from facerec.train.optim import SGD
+
+    torch.manual_seed(0)
+    lr, mom, wd = 0.1, 0.9, 1e-2
+    w0 = torch.randn(10, 3)
+    p = nn.Parameter(w0.clone())
+    opt = SGD([p], lr=lr, momentum=mom, weight_decay=wd, chunk_rows=2)  # chunks of 2 rows
+    buf = torch.zeros(10, 3)
+    ref = w0.clone()
+    for rows in ([1, 4, 5], [4, 7], [0, 1, 2, 9]):
+        r = torch.tensor(rows)
+        vals = torch.randn(len(rows), 3)
+        p.grad = torch.sparse_coo_tensor(r.unsqueeze(0), vals, p.shape, check_invariants=True)
+        opt.step()
+        d = vals + wd * ref[r]  # naive lazy rule: only the gradient's rows move
+        buf[r] = mom * buf[r] + d
+        ref[r] -= lr * buf[r]
+        torch.testing.assert_close(p.detach(), ref)
+        torch.testing.assert_close(opt.state[p]["momentum_buffer"], buf)
+    assert torch.equal(p.detach()[[3, 6, 8]], w0[[3, 6, 8]])  # never in a gradient: untouched
+
+
+def test_sparse_grad_needs_sgd_and_clipping_handles_sparse():
+    from facerec.errors import ConfigError
+    from facerec.heads import build_head, create_margin
+    from facerec.train.optim import clip_gradients
+
+    head = build_head("partial_fc", create_margin("arcface"), 4, 20, sample_rate=0.5, sparse_grad=True)
+    with pytest.raises(ConfigError, match="head.sparse_grad"):
+        build_optimizer(OptimConfig(name="adamw"), nn.Linear(2, 2), head)
+    dense = nn.Parameter(torch.zeros(2))
+    dense.grad = torch.tensor([3.0, 0.0])
+    sparse = nn.Parameter(torch.zeros(5, 2))
+    sparse.grad = torch.sparse_coo_tensor(torch.tensor([[1]]), torch.tensor([[4.0, 0.0]]), (5, 2), check_invariants=True)
+    assert clip_gradients([dense, sparse], 1.0) == pytest.approx(5.0)
+    torch.testing.assert_close(dense.grad, torch.tensor([0.6, 0.0]), atol=1e-6, rtol=0)
+    torch.testing.assert_close(sparse.grad.to_dense()[1], torch.tensor([0.8, 0.0]), atol=1e-6, rtol=0)

@@ -7,45 +7,99 @@ import torch.nn.functional as F
 from torch import nn
 
 
-class NormLinear(nn.Module):
-    """Cosine between L2-normalised embeddings and class centres `[C, D]`, in fp32, in [-1, 1]."""
+def pool_subcenters(cosine: torch.Tensor, sub_centers: int) -> torch.Tensor:
+    """Max over each class's `k` sub-centres: `[B, C * k] -> [B, C]` (class-major layout)."""
+    if sub_centers == 1:
+        return cosine
+    return cosine.view(cosine.shape[0], -1, sub_centers).amax(dim=2)
 
-    def __init__(self, embedding_size: int, num_classes: int) -> None:
+
+class NormLinear(nn.Module):
+    """Cosine between L2-normalised embeddings and class centres, in fp32, in [-1, 1].
+
+    With `sub_centers = k > 1` each class has k centres (sub-center ArcFace, Deng et al., ECCV
+    2020); `weight` is `[C * k, D]`, class-major (rows c*k .. c*k+k-1 belong to class c), and a
+    class's cosine is the max over its sub-centres. `subcenter_cosines` gives all of them.
+    """
+
+    def __init__(self, embedding_size: int, num_classes: int, sub_centers: int = 1) -> None:
         super().__init__()
-        self.weight = nn.Parameter(torch.empty(num_classes, embedding_size))
+        if sub_centers < 1:
+            raise ValueError(f"sub_centers must be >= 1, got {sub_centers}")
+        self.sub_centers = sub_centers
+        self.weight = nn.Parameter(torch.empty(num_classes * sub_centers, embedding_size))
         nn.init.normal_(self.weight, std=0.01)
 
-    def forward(self, embeddings: torch.Tensor) -> torch.Tensor:
+    def subcenter_cosines(self, embeddings: torch.Tensor) -> torch.Tensor:
+        """`[B, C, k]` cosines to every sub-centre."""
         with torch.autocast(device_type=embeddings.device.type, enabled=False):
             e = F.normalize(embeddings.float(), dim=1)
             w = F.normalize(self.weight.float(), dim=1)
-            return (e @ w.t()).clamp(-1.0, 1.0)
+            return (e @ w.t()).clamp(-1.0, 1.0).view(e.shape[0], -1, self.sub_centers)
+
+    def forward(self, embeddings: torch.Tensor) -> torch.Tensor:
+        return self.subcenter_cosines(embeddings).amax(dim=2)
+
+
+def _margin_loss(margin: nn.Module, cosine: torch.Tensor, labels: torch.Tensor, norms: torch.Tensor) -> torch.Tensor:
+    loss = F.cross_entropy(margin(cosine, labels, norms), labels, ignore_index=-1)
+    extra = getattr(margin, "extra_loss", None)  # e.g. MagFace's magnitude regulariser
+    return loss + extra(norms[labels >= 0]) if extra is not None else loss
 
 
 class FullFC(nn.Module):
-    """All class centres on every step: cosine logits -> margin -> softmax cross-entropy (fp32)."""
+    """All class centres on every step: cosine logits -> margin -> softmax cross-entropy (fp32).
 
-    def __init__(self, margin: nn.Module, embedding_size: int, num_classes: int) -> None:
+    The margin gets `(cosine, labels, norms)`, norms being the embeddings' L2 norms before
+    normalisation (AdaFace, MagFace use them); a margin with `extra_loss(norms)` adds it.
+    """
+
+    def __init__(self, margin: nn.Module, embedding_size: int, num_classes: int, sub_centers: int = 1) -> None:
         super().__init__()
         self.margin = margin
-        self.fc = NormLinear(embedding_size, num_classes)
+        self.fc = NormLinear(embedding_size, num_classes, sub_centers)
         self.num_classes = num_classes
 
     def forward(self, embeddings: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         with torch.autocast(device_type=embeddings.device.type, enabled=False):
             emb = embeddings.float()
-            logits = self.margin(self.fc(emb), labels, emb.norm(dim=1))
-            return F.cross_entropy(logits, labels, ignore_index=-1)
+            return _margin_loss(self.margin, self.fc(emb), labels, emb.norm(dim=1))
 
 
-def build_head(kind: str, margin: nn.Module, embedding_size: int, num_classes: int, sample_rate: float = 1.0) -> nn.Module:
-    """"fc" (all centres) or "partial_fc" (sampled centres, sharded across ranks)."""
+class SoftmaxHead(nn.Module):
+    """Plain softmax classifier: `Linear(D, C)` with bias, cross-entropy, no normalisation and no
+    margin (the seed's "Softmax" option; a baseline, not a metric-learning loss)."""
+
+    def __init__(self, embedding_size: int, num_classes: int) -> None:
+        super().__init__()
+        self.fc = nn.Linear(embedding_size, num_classes)
+        self.num_classes = num_classes
+
+    def forward(self, embeddings: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        with torch.autocast(device_type=embeddings.device.type, enabled=False):
+            return F.cross_entropy(self.fc(embeddings.float()), labels, ignore_index=-1)
+
+
+HEAD_TYPES = ("fc", "partial_fc", "softmax")
+
+
+def build_head(kind: str, margin: nn.Module | None, embedding_size: int, num_classes: int,
+               sample_rate: float = 1.0, sub_centers: int = 1, sparse_grad: bool = False) -> nn.Module:
+    """"fc" (all centres), "partial_fc" (sampled centres, sharded across ranks) or "softmax"
+    (plain linear classifier; the margin is not used). `sparse_grad` is Partial FC's."""
+    if sparse_grad and kind != "partial_fc":
+        from facerec.errors import ConfigError
+
+        raise ConfigError("config key 'head.sparse_grad': only head.type=partial_fc has a sparse gradient")
     if kind == "fc":
-        return FullFC(margin, embedding_size, num_classes)
+        return FullFC(margin, embedding_size, num_classes, sub_centers=sub_centers)
     if kind == "partial_fc":
         from facerec.heads.partial_fc import PartialFC
 
-        return PartialFC(margin, embedding_size, num_classes, sample_rate=sample_rate)
+        return PartialFC(margin, embedding_size, num_classes, sample_rate=sample_rate, sub_centers=sub_centers,
+                         sparse_grad=sparse_grad)
+    if kind == "softmax":
+        return SoftmaxHead(embedding_size, num_classes)
     from facerec.errors import ConfigError
 
-    raise ConfigError(f"config key 'head.type': unknown head {kind!r} (fc, partial_fc)")
+    raise ConfigError(f"config key 'head.type': unknown head {kind!r} ({', '.join(HEAD_TYPES)})")

@@ -98,6 +98,49 @@ class _DistCrossEntropy(torch.autograd.Function):
         return grad * (grad_out / n_valid), None, None
 
 
+class _SampledCosine(torch.autograd.Function):
+    """Cosines `[B, k]` between normalised embeddings and the normalised rows `weight[index]`,
+    computed chunk by chunk so the `[k, D]` gathered centres are never held (the backward
+    gathers them again). The gradient of `weight` is row-sparse: a sparse COO tensor over the
+    `index` rows with `sparse=True` (for `facerec.train.optim.SGD`'s lazy row update, so no dense
+    `[C, D]` gradient is ever allocated), or a dense tensor otherwise."""
+
+    @staticmethod
+    def forward(ctx, emb_n: torch.Tensor, weight: torch.Tensor, index: torch.Tensor, sparse: bool, chunk: int) -> torch.Tensor:
+        k = index.numel()
+        cos = emb_n.new_empty(emb_n.shape[0], k)
+        inv = emb_n.new_empty(k)
+        for s in range(0, k, chunk):
+            w = weight[index[s : s + chunk]]
+            inv[s : s + chunk] = 1.0 / w.norm(dim=1).clamp_min(1e-12)
+            cos[:, s : s + chunk] = (emb_n @ w.t()).mul_(inv[s : s + chunk])
+        cos.clamp_(-1.0, 1.0)
+        ctx.save_for_backward(emb_n, weight, index, inv)
+        ctx.sparse, ctx.chunk = sparse, chunk
+        return cos
+
+    @staticmethod
+    def backward(ctx, grad_cos: torch.Tensor):
+        emb_n, weight, index, inv = ctx.saved_tensors
+        k, chunk = index.numel(), ctx.chunk
+        grad_emb = torch.zeros_like(emb_n)
+        values = weight.new_empty(k, weight.shape[1])
+        for s in range(0, k, chunk):
+            w = weight[index[s : s + chunk]]
+            inv_c = inv[s : s + chunk]
+            g = grad_cos[:, s : s + chunk] * inv_c  # d loss / d (e . w_j) for unnormalised w_j
+            grad_emb.addmm_(g, w)
+            cos_c = (emb_n @ w.t()).mul_(inv_c)
+            coef = (g * cos_c).sum(dim=0).mul_(inv_c)  # sum_b grad_bj cos_bj / |w_j|^2
+            values[s : s + chunk] = torch.addcmul(g.t() @ emb_n, w, coef.unsqueeze(1), value=-1.0)
+        if ctx.sparse:
+            grad_w = torch.sparse_coo_tensor(index.unsqueeze(0), values, weight.shape, is_coalesced=True,
+                                             check_invariants=False)
+        else:
+            grad_w = torch.zeros_like(weight).index_add_(0, index, values)
+        return grad_emb, grad_w, None, None, None
+
+
 class PartialFC(nn.Module):
     """Sharded, sampled class centres with a margin and a distributed softmax cross-entropy.
 
@@ -105,25 +148,39 @@ class PartialFC(nn.Module):
         margin: a margin module `(cosine, labels, norms) -> logits` (facerec.heads.margins).
         embedding_size: D. num_classes: C over all ranks.
         sample_rate: fraction of this rank's centres used per step (positives always kept).
-    The state dict holds this rank's shard `weight [num_local, D]`; `class_start` is its offset.
+        sub_centers: k centres per class (sub-center ArcFace), max-pooled; sampled by class.
+        sparse_grad: give `weight` a row-sparse gradient (only the sampled rows). Use it with
+            `facerec.train.optim.SGD` (`optim.name: sgd`), which updates only those rows'
+            momentum and weights ("lazy" momentum and weight decay, as the original Partial FC):
+            no dense `[C, D]` gradient is allocated, so peak memory stays near weights + momentum.
+            Off: a dense gradient (zero outside the sample), for any optimiser (Partial FC v2).
+    The state dict holds this rank's shard `weight [num_local * k, D]`; `class_start` is its
+    first class.
     """
 
-    def __init__(self, margin: nn.Module, embedding_size: int, num_classes: int, sample_rate: float = 1.0) -> None:
+    def __init__(self, margin: nn.Module, embedding_size: int, num_classes: int, sample_rate: float = 1.0,
+                 sub_centers: int = 1, sparse_grad: bool = False, chunk_size: int = 16384) -> None:
         super().__init__()
         if not 0.0 < sample_rate <= 1.0:
             raise ValueError(f"sample_rate must be in (0, 1], got {sample_rate}")
+        if sub_centers < 1:
+            raise ValueError(f"sub_centers must be >= 1, got {sub_centers}")
         self.rank, self.world_size = _world()
+        if self.world_size > 1 and getattr(margin, "needs_global_target", False):
+            raise ValueError(f"{type(margin).__name__} needs every row's target cosine on every rank; it is not "
+                             "supported by PartialFC across several processes (use head.type=fc)")
         base, extra = divmod(num_classes, self.world_size)
         self.num_local = base + (1 if self.rank < extra else 0)
         self.class_start = self.rank * base + min(self.rank, extra)
         self.num_classes, self.embedding_size, self.sample_rate = num_classes, embedding_size, sample_rate
+        self.sub_centers, self.sparse_grad, self.chunk_size = sub_centers, sparse_grad, chunk_size
         self.num_sample = max(1, int(math.ceil(sample_rate * self.num_local)))
         self.margin = margin
-        self.weight = nn.Parameter(torch.normal(0, 0.01, (self.num_local, embedding_size)))
-        self.last_index: torch.Tensor | None = None  # centres used by the last step (for tests/inspection)
+        self.weight = nn.Parameter(torch.normal(0, 0.01, (self.num_local * sub_centers, embedding_size)))
+        self.last_index: torch.Tensor | None = None  # classes used by the last step (for tests/inspection)
 
     def sample(self, local_labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Indices of the centres to use (all positives + random negatives), and labels remapped."""
+        """Local classes to use (all positives + random negatives, sorted), and labels remapped."""
         if self.num_sample >= self.num_local:
             return torch.arange(self.num_local, device=local_labels.device), local_labels
         pos = torch.unique(local_labels[local_labels >= 0])
@@ -149,7 +206,12 @@ class PartialFC(nn.Module):
             local[(local < 0) | (local >= self.num_local) | ~valid] = -1
             index, local = self.sample(local)
             self.last_index = index + self.class_start
-            w = self.weight if index.numel() == self.num_local else self.weight[index]
-            cos = (F.normalize(emb, dim=1) @ F.normalize(w, dim=1).t()).clamp(-1.0, 1.0)
-            logits = self.margin(cos, local, emb.norm(dim=1))
-            return _DistCrossEntropy.apply(logits, local, valid)
+            k = self.sub_centers
+            rows = index if k == 1 else (index.unsqueeze(1) * k + torch.arange(k, device=index.device)).view(-1)
+            cos = _SampledCosine.apply(F.normalize(emb, dim=1), self.weight, rows, self.sparse_grad, self.chunk_size)
+            if k > 1:
+                cos = cos.view(cos.shape[0], -1, k).amax(dim=2)
+            norms = emb.norm(dim=1)
+            loss = _DistCrossEntropy.apply(self.margin(cos, local, norms), local, valid)
+            extra = getattr(self.margin, "extra_loss", None)  # e.g. MagFace's magnitude regulariser
+            return loss + extra(norms[valid]) if extra is not None else loss

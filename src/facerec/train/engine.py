@@ -74,7 +74,8 @@ def build_classifier(cfg: Config, num_classes: int) -> nn.Module:
     from facerec.heads import build_head, create_margin
 
     margin = create_margin(cfg.head.margin, s=cfg.head.s, m=cfg.head.m, **cfg.head.options)
-    return build_head(cfg.head.type, margin, cfg.model.embedding_size, num_classes, sample_rate=cfg.head.sample_rate)
+    return build_head(cfg.head.type, margin, cfg.model.embedding_size, num_classes, sample_rate=cfg.head.sample_rate,
+                      sub_centers=cfg.head.sub_centers, sparse_grad=cfg.head.sparse_grad)
 
 
 def seed_everything(seed: int, rank: int = 0) -> None:
@@ -109,7 +110,8 @@ def _step_is_finite(loss: torch.Tensor, params: list[torch.Tensor]) -> bool:
     if not torch.isfinite(loss).item():
         return False
     for p in params:
-        if p.grad is not None and not torch.isfinite(p.grad).all():
+        g = p.grad
+        if g is not None and not torch.isfinite(g.coalesce().values() if g.is_sparse else g).all():
             return False
     return True
 

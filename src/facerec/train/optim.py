@@ -44,12 +44,79 @@ def param_groups(module: nn.Module, weight_decay: float, no_decay_norm_bias: boo
     return groups
 
 
+class SGD(torch.optim.Optimizer):
+    """SGD with momentum and weight decay, equal to `torch.optim.SGD` (dampening 0) on dense
+    gradients, that also takes row-sparse gradients (Partial FC's `sparse_grad`).
+
+    For a sparse gradient over rows R (a COO tensor with sparse dim 1) only those rows are
+    touched: d = g_R + wd * p_R; buf_R = momentum * buf_R + d; p_R -= lr * buf_R (Nesterov: d +
+    momentum * buf_R). Rows outside R keep their weights and momentum ("lazy" momentum and
+    weight decay, as the original Partial FC, whose optimiser only ever saw the sampled rows).
+    The work is chunked so no dense temporary of the parameter's size is allocated.
+    """
+
+    def __init__(self, params, lr: float, momentum: float = 0.0, weight_decay: float = 0.0, nesterov: bool = False,
+                 chunk_rows: int = 16384) -> None:
+        if nesterov and momentum <= 0:
+            raise ValueError("Nesterov momentum needs momentum > 0")
+        super().__init__(params, dict(lr=lr, momentum=momentum, weight_decay=weight_decay, nesterov=nesterov))
+        self.chunk_rows = chunk_rows
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        for group in self.param_groups:
+            lr, mom, wd, nesterov = group["lr"], group["momentum"], group["weight_decay"], group["nesterov"]
+            for p in group["params"]:
+                if p.grad is None:
+                    continue
+                state = self.state[p]
+                if p.grad.is_sparse:
+                    self._sparse_step(p, state, lr, mom, wd, nesterov)
+                    continue
+                d = p.grad if wd == 0 else p.grad.add(p, alpha=wd)
+                if mom != 0:
+                    buf = state.get("momentum_buffer")
+                    if buf is None:
+                        buf = state["momentum_buffer"] = d.clone()
+                    else:
+                        buf.mul_(mom).add_(d)
+                    d = d.add(buf, alpha=mom) if nesterov else buf
+                p.add_(d, alpha=-lr)
+        return loss
+
+    def _sparse_step(self, p: torch.Tensor, state: dict, lr: float, mom: float, wd: float, nesterov: bool) -> None:
+        grad = p.grad.coalesce()
+        if grad.sparse_dim() != 1:
+            raise ValueError("facerec SGD takes row-sparse gradients (sparse_dim 1) only")
+        rows, values = grad.indices()[0], grad.values()
+        buf = state.get("momentum_buffer")
+        if mom != 0 and buf is None:
+            buf = state["momentum_buffer"] = torch.zeros_like(p)
+        for s in range(0, rows.numel(), self.chunk_rows):
+            r = rows[s : s + self.chunk_rows]
+            d = values[s : s + self.chunk_rows].clone()
+            if wd != 0:
+                d.add_(p[r], alpha=wd)
+            if mom != 0:
+                b = buf[r].mul_(mom).add_(d)
+                buf[r] = b
+                d = d.add_(b, alpha=mom) if nesterov else b
+            p.index_add_(0, r, d, alpha=-lr)
+
+
 def build_optimizer(cfg: OptimConfig, backbone: nn.Module, head: nn.Module) -> torch.optim.Optimizer:
     """SGD or AdamW over backbone and head; the head may have its own learning rate."""
     groups = param_groups(backbone, cfg.weight_decay, cfg.no_decay_norm_bias, cfg.lr)
     groups += param_groups(head, cfg.weight_decay, cfg.no_decay_norm_bias, cfg.head_lr if cfg.head_lr is not None else cfg.lr)
     if cfg.name == "sgd":
-        return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov, weight_decay=cfg.weight_decay)
+        return SGD(groups, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov, weight_decay=cfg.weight_decay)
+    if getattr(head, "sparse_grad", False):
+        raise ConfigError(f"config key 'head.sparse_grad': a sparse Partial FC gradient needs optim.name=sgd, "
+                          f"not {cfg.name!r}")
     if cfg.name == "adamw":
         return torch.optim.AdamW(groups, lr=cfg.lr, weight_decay=cfg.weight_decay)
     raise ConfigError(f"config key 'optim.name': unknown optimiser {cfg.name!r} (sgd, adamw)")
@@ -84,6 +151,23 @@ def build_scheduler(
 
 
 def clip_gradients(params: Iterable[torch.Tensor], max_norm: float | None) -> float | None:
+    """Scale all gradients so their global L2 norm is at most `max_norm`; returns the norm
+    before clipping. Handles row-sparse gradients (their stored values)."""
     if max_norm is None or max_norm <= 0:
         return None
-    return float(torch.nn.utils.clip_grad_norm_(list(params), max_norm))
+    params = list(params)
+    grads = [p.grad for p in params if p.grad is not None]
+    if not grads:
+        return 0.0
+    sq = [(g.coalesce().values() if g.is_sparse else g).float().pow(2).sum() for g in grads]
+    total = float(torch.stack(sq).sum().sqrt())
+    if total > max_norm:
+        scale = max_norm / (total + 1e-6)
+        for p in params:
+            if p.grad is None:
+                continue
+            if p.grad.is_sparse:
+                p.grad = p.grad.coalesce() * scale
+            else:
+                p.grad.mul_(scale)
+    return total
