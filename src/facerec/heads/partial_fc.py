@@ -73,11 +73,11 @@ class _DistCrossEntropy(torch.autograd.Function):
         mx = logits.max(dim=1, keepdim=True)[0]
         if distributed:
             dist.all_reduce(mx, dist.ReduceOp.MAX)
-        e = torch.exp(logits - mx)
-        denom = e.sum(dim=1, keepdim=True)
+        prob = torch.sub(logits, mx).exp_()
+        denom = prob.sum(dim=1, keepdim=True)
         if distributed:
             dist.all_reduce(denom)
-        prob = e / denom
+        prob.div_(denom)
         local = torch.nonzero(labels >= 0, as_tuple=True)[0]
         target = torch.zeros(logits.shape[0], device=logits.device, dtype=logits.dtype)
         target[local] = prob[local, labels[local]]
@@ -86,16 +86,20 @@ class _DistCrossEntropy(torch.autograd.Function):
         n_valid = valid.sum().clamp(min=1)
         loss = -torch.log(target[valid].clamp(min=1e-30)).sum() / n_valid
         ctx.save_for_backward(prob, labels, valid, n_valid)
+        ctx.consumed = False
         return loss
 
     @staticmethod
     def backward(ctx, grad_out: torch.Tensor):
+        if ctx.consumed:
+            raise RuntimeError("Partial FC's cross-entropy cannot be backpropagated twice (retain_graph)")
+        ctx.consumed = True
         prob, labels, valid, n_valid = ctx.saved_tensors
-        grad = prob.clone()
+        grad = prob  # used once: turned into the gradient in place ([B, k] is large at 1M classes)
         local = torch.nonzero(labels >= 0, as_tuple=True)[0]
         grad[local, labels[local]] -= 1.0
         grad[~valid] = 0.0
-        return grad * (grad_out / n_valid), None, None
+        return grad.mul_(grad_out / n_valid), None, None
 
 
 class _SampledCosine(torch.autograd.Function):
@@ -132,7 +136,9 @@ class _SampledCosine(torch.autograd.Function):
             grad_emb.addmm_(g, w)
             cos_c = (emb_n @ w.t()).mul_(inv_c)
             coef = (g * cos_c).sum(dim=0).mul_(inv_c)  # sum_b grad_bj cos_bj / |w_j|^2
-            values[s : s + chunk] = torch.addcmul(g.t() @ emb_n, w, coef.unsqueeze(1), value=-1.0)
+            out = values[s : s + chunk]
+            torch.mm(g.t(), emb_n, out=out)
+            out.addcmul_(w, coef.unsqueeze(1), value=-1.0)
         if ctx.sparse:
             grad_w = torch.sparse_coo_tensor(index.unsqueeze(0), values, weight.shape, is_coalesced=True,
                                              check_invariants=False)
@@ -159,7 +165,7 @@ class PartialFC(nn.Module):
     """
 
     def __init__(self, margin: nn.Module, embedding_size: int, num_classes: int, sample_rate: float = 1.0,
-                 sub_centers: int = 1, sparse_grad: bool = False, chunk_size: int = 16384) -> None:
+                 sub_centers: int = 1, sparse_grad: bool = False, chunk_size: int = 8192) -> None:
         super().__init__()
         if not 0.0 < sample_rate <= 1.0:
             raise ValueError(f"sample_rate must be in (0, 1], got {sample_rate}")

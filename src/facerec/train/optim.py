@@ -56,7 +56,7 @@ class SGD(torch.optim.Optimizer):
     """
 
     def __init__(self, params, lr: float, momentum: float = 0.0, weight_decay: float = 0.0, nesterov: bool = False,
-                 chunk_rows: int = 16384) -> None:
+                 chunk_rows: int = 4096) -> None:
         if nesterov and momentum <= 0:
             raise ValueError("Nesterov momentum needs momentum > 0")
         super().__init__(params, dict(lr=lr, momentum=momentum, weight_decay=weight_decay, nesterov=nesterov))
@@ -89,10 +89,15 @@ class SGD(torch.optim.Optimizer):
         return loss
 
     def _sparse_step(self, p: torch.Tensor, state: dict, lr: float, mom: float, wd: float, nesterov: bool) -> None:
-        grad = p.grad.coalesce()
+        grad = p.grad
         if grad.sparse_dim() != 1:
             raise ValueError("facerec SGD takes row-sparse gradients (sparse_dim 1) only")
-        rows, values = grad.indices()[0], grad.values()
+        rows, values = grad._indices()[0], grad._values()
+        # Partial FC's gradient has sorted unique rows, but autograd's accumulation drops the
+        # "coalesced" flag; coalescing again would copy every value, so check the rows instead.
+        if not grad.is_coalesced() and rows.numel() > 1 and not bool((rows[1:] > rows[:-1]).all()):
+            grad = grad.coalesce()
+            rows, values = grad.indices()[0], grad.values()
         buf = state.get("momentum_buffer")
         if mom != 0 and buf is None:
             buf = state["momentum_buffer"] = torch.zeros_like(p)
