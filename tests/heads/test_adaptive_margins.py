@@ -19,6 +19,8 @@ def arc_target(c, m):
 
 
 def arc_target_grad(c, m):
+    if abs(c) >= 1 - 1e-5:
+        return math.inf  # theta = 0: not compared (see assert_matches)
     if c > math.cos(math.pi - m):
         return math.cos(m) + c * math.sin(m) / math.sqrt(1 - c * c)
     return 1.0
@@ -62,7 +64,8 @@ def adaface_reference(cos, labels, norms, m, h, mean_prev, std_prev, alpha):
         ang = min(max(theta - m * z, 0.0), math.pi)
         out[i][y] = math.cos(ang) - (m + m * z)
         inside = 0.0 < theta - m * z < math.pi
-        grad[i][y] = math.sin(ang) / math.sin(theta) if inside else 0.0
+        grad[i][y] = (math.sin(ang) / math.sin(theta) if abs(cos[i][y]) < 1 - 1e-5 else math.inf) if inside\
+            else 0.0
     return out, grad, mean, std
 
 
@@ -82,12 +85,16 @@ def magface_reference(cos, labels, norms):
     return out, grad
 
 
-def sample(rows=8, classes=5, seed=0):
+TARGETS = [1.0, 1 - 1e-7, 0.999, 0.95, 0.6, 0.2, 0.0, -0.4, -0.9, -0.999, -1 + 1e-7, -1.0]  # theta ~ 0 .. pi
+
+
+def sample(classes=5, seed=0):
+    rows = len(TARGETS)
     g = torch.Generator().manual_seed(seed)
     cos = torch.rand(rows, classes, generator=g, dtype=torch.float64) * 1.6 - 0.8
     labels = torch.arange(rows) % classes
-    cos[torch.arange(rows), labels] = torch.linspace(0.95, -0.9, rows, dtype=torch.float64)
-    labels[3] = -1
+    cos[torch.arange(rows), labels] = torch.tensor(TARGETS, dtype=torch.float64)
+    labels[4] = -1
     norms = torch.linspace(2.0, 130.0, rows, dtype=torch.float64)
     return cos, labels, norms
 
@@ -112,8 +119,15 @@ GRAD_RTOL = {torch.float64: 1e-6, torch.float32: 1e-4, torch.bfloat16: 8e-3, tor
 
 def assert_matches(out, grad, ref, ref_grad, dtype):
     torch.testing.assert_close(out, S * torch.tensor(ref, dtype=torch.float64), atol=FWD_TOL[dtype] * S * 10, rtol=0)
-    torch.testing.assert_close(grad, S * torch.tensor(ref_grad, dtype=torch.float64), atol=1e-4 * S,
-                               rtol=GRAD_RTOL[dtype])
+    assert torch.isfinite(grad).all()
+    rows = torch.arange(grad.shape[0])
+    assert (grad[rows, rows % grad.shape[1]].abs() > 0).all()  # the target keeps a gradient even at theta = 0, pi
+    # d acos(c) / dc is infinite at theta = 0, pi: there the margins differentiate at a cosine
+    # clamped 1e-6 inside, so the analytic reference is compared on the open interval only.
+    ref_grad = S * torch.tensor(ref_grad, dtype=torch.float64)
+    inner = torch.isfinite(ref_grad)  # inputs rounded to exactly +-1 (bf16 rounds 0.999 to 1) are left out
+    assert inner.sum() >= grad.numel() - 6
+    torch.testing.assert_close(grad[inner], ref_grad[inner], atol=1e-4 * S, rtol=GRAD_RTOL[dtype])
 
 
 @DTYPES

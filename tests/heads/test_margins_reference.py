@@ -120,3 +120,33 @@ def test_full_fc_loss_in_fp32_under_autocast_and_ignores_minus_one():
     ref = torch.nn.functional.cross_entropy(
         head.margin(head.fc(emb.bfloat16().float()), labels)[[0, 1, 3]], labels[[0, 1, 3]])
     assert loss.item() == pytest.approx(ref.item(), rel=1e-5)
+
+
+def reference_target_grad(name, c, m):
+    """d target / d cos in float64; inf at theta = 0, pi where d acos / dc is (not compared)."""
+    if abs(c) >= 1 - 1e-5 and not (name == "cosface" or (name == "arcface" and c <= math.cos(math.pi - m))):
+        return math.inf
+    theta = math.acos(c)
+    if name == "cosface" or (name == "arcface" and c <= math.cos(math.pi - m)):
+        return 1.0
+    m1, m2 = (m, 0.0) if name == "sphereface" else (1.0, m)
+    return m1 * math.sin(m1 * theta + m2) / math.sin(theta)
+
+
+@pytest.mark.parametrize("dtype,rtol", [(torch.float64, 1e-6), (torch.float32, 1e-4), (torch.bfloat16, 8e-3),
+                                        (torch.float16, 1e-3)])
+@pytest.mark.parametrize("name", COMBINED_FAMILY)
+def test_exact_gradient_matches_float64_reference(name, dtype, rtol):
+    s, m = 8.0, (0.5 if name != "sphereface" else 1.35)
+    margin = create_margin(name, s=s, m=m) if name != "combined" else CombinedMargin(s=s, m1=1.0, m2=m, m3=0.0)
+    cos, labels = grid()
+    x = cos.to(dtype).clone().requires_grad_(True)
+    margin(x, labels).sum().backward()
+    assert torch.isfinite(x.grad.float()).all()
+    rounded = cos.to(dtype).double()
+    for i in range(cos.shape[0]):
+        for j in range(cos.shape[1]):
+            c = float(rounded[i, j])
+            ref = s * (reference_target_grad(name, c, m) if j == labels[i] else 1.0)
+            if math.isfinite(ref):
+                assert float(x.grad[i, j]) == pytest.approx(ref, rel=rtol, abs=1e-4 * s), (i, j, c)

@@ -15,7 +15,7 @@ import math
 import torch
 from torch import nn
 
-from facerec.heads.margins import MARGINS, _EPS, _target
+from facerec.heads.margins import MARGINS, _interior, _target
 
 
 def _prepare(cosine: torch.Tensor) -> torch.Tensor:
@@ -31,7 +31,7 @@ def _exact_value_smooth_grad(fn, t: torch.Tensor) -> torch.Tensor:
     so the gradient stays finite at theta = 0 and pi (where d acos / dt is infinite)."""
     with torch.no_grad():
         value = fn(t)
-    smooth = fn(t.clamp(-1.0 + _EPS, 1.0 - _EPS))
+    smooth = fn(_interior(t))
     return smooth + (value - smooth).detach()
 
 

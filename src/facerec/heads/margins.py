@@ -26,6 +26,12 @@ GRADIENT_MODES = ("exact", "straight_through")
 _EPS = 1e-6
 
 
+def _interior(t: torch.Tensor) -> torch.Tensor:
+    """`t` clamped to [-1 + 1e-6, 1 - 1e-6] with the identity as gradient (a plain clamp would
+    zero the gradient of cosines at exactly +-1, common in bf16/fp16)."""
+    return t + (t.clamp(-1.0 + _EPS, 1.0 - _EPS) - t).detach()
+
+
 class CombinedMargin(nn.Module):
     """Combined margin `s * (cos(m1 * theta + m2) - m3)` on the target class (insightface).
 
@@ -36,7 +42,8 @@ class CombinedMargin(nn.Module):
 
     Gradient modes:
         "exact": autograd through the margin function; theta is taken from a cosine clamped
-            to [-1 + 1e-6, 1 - 1e-6] for the gradient only, so it stays finite at theta = 0, pi.
+            to [-1 + 1e-6, 1 - 1e-6] for the gradient only (the derivative there), so it stays
+            finite at theta = 0, pi.
         "straight_through": insightface's — the margin shifts the target logit in the forward
             pass and the backward pass treats it as the identity.
     """
@@ -63,7 +70,7 @@ class CombinedMargin(nn.Module):
         if self.gradient == "straight_through":
             new = t + (value - t).detach()
         else:
-            smooth = self.target_logit(t.clamp(-1.0 + _EPS, 1.0 - _EPS))
+            smooth = self.target_logit(_interior(t))
             new = smooth + (value - smooth).detach()
         out = cosine.index_put((rows, cols), new)
         return out * self.s
