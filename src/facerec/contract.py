@@ -56,3 +56,44 @@ class Preprocess:
     def from_dict(cls, d: dict[str, Any]) -> "Preprocess":
         known = {k: d[k] for k in ("input_size", "color", "mean", "std", "template", "embedding_size") if k in d}
         return cls(**known, extra=dict(d.get("extra", {})))
+
+
+@dataclass(frozen=True)
+class Threshold:
+    """A same/different decision rule for cosine similarity, fitted by evaluation.
+
+    Stored with the model (checkpoints, safetensors and ONNX metadata) so that `compare` states
+    where its decision comes from.
+
+    Attributes:
+        cosine: pairs with cosine similarity >= this are "same".
+        criterion: "best_accuracy" (the threshold maximising accuracy over all pairs) or
+            "far=1e-3" style (the lowest threshold whose false accept rate is at most that).
+        benchmark: the pairs it was fitted on (e.g. "lfw", 6000 pairs).
+        flip: the flip fusion of the embeddings it was fitted with ("none", "sum", "concat").
+        accuracy, far, tar: what it achieves on those pairs.
+    """
+
+    cosine: float
+    criterion: str
+    benchmark: str
+    flip: str = "none"
+    num_pairs: int = 0
+    accuracy: float | None = None
+    far: float | None = None
+    tar: float | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "Threshold":
+        fields = ("cosine", "criterion", "benchmark", "flip", "num_pairs", "accuracy", "far", "tar")
+        return cls(**{k: d[k] for k in fields if k in d})
+
+    def describe(self) -> str:
+        what = f"best accuracy {self.accuracy:.4f}" if self.criterion == "best_accuracy" and self.accuracy is not None \
+            else f"{self.criterion}"
+        if self.far is not None and self.criterion != "best_accuracy":
+            what += f" (TAR {self.tar:.4f} at FAR {self.far:.2g})" if self.tar is not None else ""
+        return f"cosine >= {self.cosine:.4f}: {what} on {self.benchmark} ({self.num_pairs} pairs, flip {self.flip})"

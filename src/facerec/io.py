@@ -21,6 +21,7 @@ def atomic_open(path: str | Path, mode: str = "wb") -> Iterator[IO[Any]]:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
+        os.fchmod(fd, _default_mode(path))  # mkstemp makes 0600; a published file gets the usual mode
         with os.fdopen(fd, mode) as fh:
             yield fh
             fh.flush()
@@ -31,6 +32,21 @@ def atomic_open(path: str | Path, mode: str = "wb") -> Iterator[IO[Any]]:
             os.unlink(tmp)
         raise
     _fsync_dir(path.parent)
+
+
+def _default_mode(path: Path) -> int:
+    """The existing file's mode, or what `open()` would give a new file (0666 minus the umask)."""
+    try:
+        return path.stat().st_mode & 0o7777
+    except OSError:
+        pass
+    try:  # Linux: read the umask without changing it
+        with open("/proc/self/status", encoding="ascii") as fh:
+            umask = next(int(line.split()[1], 8) for line in fh if line.startswith("Umask:"))
+    except (OSError, StopIteration, ValueError, IndexError):
+        umask = os.umask(0o022)  # elsewhere: the usual get-by-set
+        os.umask(umask)
+    return 0o666 & ~umask
 
 
 def _fsync_dir(directory: Path) -> None:

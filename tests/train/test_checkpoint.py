@@ -61,3 +61,17 @@ def test_load_errors_name_the_file(tmp_path):
     bad.write_bytes(b"not a checkpoint")
     with pytest.raises(CheckpointError, match="bad.pt"):
         ck.load_training_checkpoint(bad)
+
+
+def test_atomic_writes_get_the_usual_file_mode(tmp_path):
+    import os
+
+    from facerec.io import atomic_write_bytes
+
+    umask = os.umask(0o022)
+    os.umask(umask)
+    atomic_write_bytes(tmp_path / "new.bin", b"x")
+    assert (tmp_path / "new.bin").stat().st_mode & 0o777 == 0o666 & ~umask
+    os.chmod(tmp_path / "new.bin", 0o640)
+    atomic_write_bytes(tmp_path / "new.bin", b"y")  # replacing keeps the existing mode
+    assert (tmp_path / "new.bin").stat().st_mode & 0o777 == 0o640

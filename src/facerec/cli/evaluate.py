@@ -7,7 +7,8 @@ import json
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--model", required=True, help="checkpoint (facerec, arcface_torch with --arch, or the seed's)")
+    parser.add_argument("--model", required=True,
+                        help="checkpoint (facerec, safetensors, arcface_torch, the seed's) or an exported .onnx")
     parser.add_argument("--arch", default=None, help="architecture of a plain state_dict checkpoint")
     parser.add_argument("--bench", required=True, help="comma-separated names (lfw, cfp_fp, ...) or .bin paths")
     parser.add_argument("--data", default=None, help="directory holding <name>.bin")
@@ -15,22 +16,52 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--flip", default="sum", choices=["sum", "concat", "none", "all"])
     parser.add_argument("--batch-size", type=int, default=256)
     parser.add_argument("--json", default=None, metavar="OUT", help="write the results as JSON")
+    parser.add_argument("--store-threshold", default=None, metavar="OUT",
+                        help="write the model with a cosine decision threshold fitted on the first set "
+                             "(.safetensors or .pt); `facerec compare` uses it")
+    parser.add_argument("--threshold-criterion", default="best_accuracy",
+                        help="best_accuracy (default) or far=1e-3 style")
 
 
 def run(args: argparse.Namespace) -> int:
     from facerec.eval.benchmark import evaluate_bins, format_rows
     from facerec.io import atomic_write_text
-    from facerec.models import load_checkpoint
+    from facerec.inference import load_model
 
-    model = load_checkpoint(args.model, arch=args.arch)
+    model = load_model(args.model, arch=args.arch)
     protocols = ["insightface", "sphereface"] if args.protocol == "both" else [args.protocol]
     flips = ["none", "sum", "concat"] if args.flip == "all" else [args.flip]
     benches = [b.strip() for b in args.bench.split(",") if b.strip()]
-    rows = evaluate_bins(model, benches, args.data, protocols, flips, batch_size=args.batch_size)
+    criterion = args.threshold_criterion if args.store_threshold else None
+    rows = evaluate_bins(model, benches, args.data, protocols, flips, batch_size=args.batch_size,
+                         threshold_criterion=criterion)
     print(f"model: {args.model} ({model.arch}, input {model.preprocess.input_size[0]}x"
           f"{model.preprocess.input_size[1]} {model.preprocess.color}, template {model.preprocess.template})")
     print(format_rows(rows))
     if args.json:
         atomic_write_text(args.json, json.dumps({"model": str(args.model), "preprocess": model.preprocess.to_dict(),
                                                  "results": rows}, indent=2))
+    if args.store_threshold:
+        _store_threshold(model, rows, args.store_threshold)
     return 0
+
+
+def _store_threshold(model, rows, out: str) -> None:
+    from facerec.contract import Threshold
+    from facerec.errors import ConfigError
+    from facerec.models import save_model
+
+    if not hasattr(model, "state_dict") or str(getattr(model, "arch", "")).startswith("onnx:"):
+        raise ConfigError("--store-threshold needs the PyTorch model (store it there, then export)")
+    fitted = [r for r in rows if "threshold" in r]
+    if not fitted:
+        raise ConfigError("--store-threshold needs a flip of none or sum (concat embeddings are not what "
+                          "`compare` computes)")
+    model.threshold = Threshold.from_dict(fitted[0]["threshold"])
+    if out.endswith(".safetensors"):
+        from facerec.export.weights import save_safetensors
+
+        save_safetensors(model, out)
+    else:
+        save_model(model, out)
+    print(f"wrote {out} with threshold {model.threshold.describe()}")

@@ -77,8 +77,14 @@ def evaluate_bins(
     batch_size: int = 256,
     device: str = "cpu",
     progress: bool = True,
+    threshold_criterion: str | None = None,
 ) -> list[dict[str, Any]]:
-    """One result row per (bench, protocol, flip), in the stable JSON shape of `facerec eval`."""
+    """One result row per (bench, protocol, flip), in the stable JSON shape of `facerec eval`.
+
+    With `threshold_criterion` (see `facerec.eval.thresholds.fit_threshold`), rows of flip
+    "none"/"sum" also carry "threshold": the cosine decision threshold fitted on all pairs.
+    """
+    from facerec.eval.thresholds import fit_threshold, pair_cosines
     from facerec.eval.verification import evaluate
 
     rows = []
@@ -95,6 +101,9 @@ def evaluate_bins(
                     "accuracy_mean": r.accuracy_mean, "accuracy_std": r.accuracy_std,
                     "threshold_mean": r.threshold_mean, "tar_at_far": r.tar_at_far, "auc": r.auc, "eer": r.eer,
                 })
+                if threshold_criterion and flip != "concat":
+                    rows[-1]["threshold"] = fit_threshold(pair_cosines(fuse(e, ef, flip)), issame, threshold_criterion,
+                                                          name, flip).to_dict()
     return rows
 
 

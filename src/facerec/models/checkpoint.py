@@ -2,7 +2,8 @@
 
 A facerec model checkpoint is a dict of plain types and tensors (loadable with
 `torch.load(weights_only=True)`) with key "facerec_model": {"arch", "kwargs", "preprocess",
-"state_dict"}; training checkpoints hold that key among others.
+"state_dict"[, "threshold"]}; training checkpoints hold that key among others. Released weights
+are safetensors files with the same description in their metadata (`facerec.export.weights`).
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from facerec.contract import Preprocess
+from facerec.contract import Preprocess, Threshold
 from facerec.errors import CheckpointError
 from facerec.io import atomic_save
 
@@ -24,8 +25,11 @@ def model_checkpoint_dict(model: nn.Module) -> dict[str, Any]:
         if not hasattr(model, attr):
             raise CheckpointError(f"model has no '{attr}': build it with facerec.models.create_model")
     state = {k.removeprefix("module.").removeprefix("_orig_mod."): v.detach().cpu() for k, v in model.state_dict().items()}
-    return {"arch": model.arch, "kwargs": dict(model.arch_kwargs), "preprocess": model.preprocess.to_dict(),
-            "state_dict": state}
+    d = {"arch": model.arch, "kwargs": dict(model.arch_kwargs), "preprocess": model.preprocess.to_dict(),
+         "state_dict": state}
+    if getattr(model, "threshold", None) is not None:
+        d["threshold"] = model.threshold.to_dict()
+    return d
 
 
 def save_model(model: nn.Module, path: str | Path) -> None:
@@ -72,14 +76,22 @@ def build_from_checkpoint_dict(d: dict[str, Any], where: str = "checkpoint") -> 
     except KeyError as exc:
         raise CheckpointError(f"{where}: {exc}") from None
     load_state_strict(model, _strip(d["state_dict"]), where)
+    if d.get("threshold"):
+        model.threshold = Threshold.from_dict(d["threshold"])
     return model.eval()
 
 
 def load_checkpoint(path: str | Path, arch: str | None = None, map_location: str = "cpu") -> nn.Module:
-    """Load a facerec checkpoint (model or training) as an eval-mode model with its contract."""
+    """Load a model as an eval-mode module with its preprocessing contract: a facerec checkpoint
+    (model or training), facerec safetensors weights, an arcface_torch `backbone.pth` (IResNet and
+    `mbf` inferred from the keys, else pass `arch`) or the seed lineage's `{'net_state_dict'}`."""
     p = Path(path)
     if not p.is_file():
         raise CheckpointError(f"checkpoint {str(p)!r} does not exist")
+    if p.suffix == ".safetensors":
+        from facerec.export.weights import load_safetensors
+
+        return load_safetensors(p)
     try:
         obj = torch.load(p, map_location=map_location, weights_only=True)
     except Exception as exc:

@@ -43,6 +43,7 @@ def create_model(name: str, preprocess: Preprocess | dict | None = None, **kwarg
     elif isinstance(preprocess, dict):
         preprocess = Preprocess.from_dict(preprocess)
     model.preprocess = preprocess
+    model.threshold = None  # a facerec.contract.Threshold once evaluation has fitted one
     return model
 
 
