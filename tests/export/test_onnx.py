@@ -22,21 +22,12 @@ FAMILIES = {  # one small member of each registered family
 
 
 def calibrated(name, **kwargs):
-    """A random model whose BatchNorm statistics match its activations (an uncalibrated deep
-    random net has exploding eval-mode outputs, which no export can be compared on)."""
+    """A random model with BatchNorm statistics that match its activations (see conftest)."""
+    from conftest import _calibrate_batchnorm
+
     torch.manual_seed(0)
     model = create_model(name, **kwargs)
-    bns = [m for m in model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
-    for bn in bns:
-        bn.reset_running_stats()
-        bn.momentum = None  # cumulative average
-    with torch.no_grad():
-        model.train()
-        for _ in range(3):
-            model(torch.randn(16, 3, *model.preprocess.input_size))
-    for bn in bns:
-        bn.momentum = 0.1
-    return model.eval()
+    return _calibrate_batchnorm(model, model.preprocess.input_size)
 
 
 @pytest.fixture(scope="module")
