@@ -11,6 +11,9 @@ EXTRAS ?= dev
 $(VENV)/.installed-$(EXTRAS): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --disable-pip-version-check "$(TORCH_SPEC)"
+	# visdom ships only a setup.py that imports pkg_resources (gone from setuptools 81)
+	$(PY) -m pip install --quiet --disable-pip-version-check "setuptools<81" wheel
+	$(PY) -m pip install --quiet --disable-pip-version-check --no-build-isolation "visdom>=0.2.4"
 	$(PY) -m pip install --quiet --disable-pip-version-check -e ".[$(EXTRAS)]"
 	touch $@
 

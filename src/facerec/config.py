@@ -104,6 +104,11 @@ class TrainConfig:
     output_dir: str = "runs/train"
     checkpoint_every: int = 0
     keep_last: int = 2
+    tensorboard: bool = False  # scalars under <run dir>/tensorboard
+    visdom: bool = False  # live plots on a visdom server
+    visdom_server: str = "http://127.0.0.1"
+    visdom_port: int = 8097
+    visdom_env: str = "facerec"
 
 
 @dataclass

@@ -119,3 +119,52 @@ def test_every_head_kind_trains_from_the_config(tiny_cfg, tmp_path, head):
     assert len(losses) == result.steps > 0 and all(torch.isfinite(torch.tensor(losses)))
     state = torch.load(result.checkpoint, weights_only=True)
     assert any(k.startswith("weight") or ".weight" in k for k in state["head"])
+
+
+@pytest.mark.slow
+def test_sigkill_at_a_random_step_then_resume_auto_is_bit_identical(tmp_path):
+    """A run killed with SIGKILL (possibly while writing a checkpoint) and resumed with
+    `--resume auto` ends with exactly the weights of an uninterrupted run."""
+    import os
+    import random
+    import signal
+    import subprocess
+    import sys
+    import time
+    from pathlib import Path
+
+    overrides = [*TINY, f"data.cache_dir={tmp_path / 'cache'}", "train.epochs=2", "train.checkpoint_every=1",
+                 "train.keep_last=3", "train.deterministic=true", "train.threads=1", "optim.schedule=cosine"]
+    config = Path(__file__).resolve().parents[2] / "configs" / "demo.yaml"
+    cfg = load_config(config, overrides)
+    full = train(cfg, tmp_path / "full", log=False)
+    run = tmp_path / "killed"
+    kill_after = random.Random().randint(2, full.steps - 2)
+    cmd = [sys.executable, "-m", "facerec", "train", str(config), "--run-dir", str(run)]
+    for o in overrides:
+        cmd += ["--set", o]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env={**os.environ})
+    metrics = run / "metrics.jsonl"
+    deadline = time.time() + 300
+    while time.time() < deadline and proc.poll() is None:
+        done = sum('"loss"' in line for line in metrics.read_text().splitlines()) if metrics.exists() else 0
+        if done >= kill_after:
+            break
+        time.sleep(0.02)
+    assert proc.poll() is None, "the run finished before it could be killed"
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    resumed = train(cfg, run, resume="auto", log=False)
+    assert resumed.steps == full.steps
+    for a, b in ((full.model, resumed.model), (full.head, resumed.head)):
+        sa, sb = a.state_dict(), b.state_dict()
+        assert all(torch.equal(sa[k], sb[k]) for k in sa), f"killed after step {kill_after}"
+
+
+def test_accumulation_leftover_micro_batches_do_not_leak_into_the_next_epoch(tiny_cfg, tmp_path):
+    # 96 images / batch 16 = 6 micro-batches per epoch, accumulation 4: one step per epoch, the 2
+    # leftover micro-batches are dropped (not carried into the next epoch's first step)
+    run = tmp_path / "run"
+    result = train(tiny_cfg("train.epochs=3", "train.grad_accum=4"), run, log=False)
+    steps = [r for r in read_metrics(run) if "loss" in r]
+    assert result.steps == 3 and [r["epoch"] for r in steps] == [0, 1, 2]

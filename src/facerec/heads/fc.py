@@ -7,6 +7,22 @@ import torch.nn.functional as F
 from torch import nn
 
 
+def init_centres(num_rows: int, dim: int, start: int = 0, stop: int | None = None, std: float = 0.01,
+                 chunk: int = 4096) -> torch.Tensor:
+    """Rows `start:stop` of a `[num_rows, dim]` N(0, std) matrix drawn from the global RNG in
+    fixed chunks of rows, so a shard (Partial FC on one rank) gets exactly the rows the full
+    matrix would have: training on N ranks starts from the same centres as on one."""
+    stop = num_rows if stop is None else stop
+    out = torch.empty(stop - start, dim)
+    for lo in range(0, num_rows, chunk):
+        hi = min(lo + chunk, num_rows)
+        block = torch.normal(0.0, std, (hi - lo, dim))
+        a, b = max(lo, start), min(hi, stop)
+        if a < b:
+            out[a - start : b - start] = block[a - lo : b - lo]
+    return out
+
+
 def pool_subcenters(cosine: torch.Tensor, sub_centers: int) -> torch.Tensor:
     """Max over each class's `k` sub-centres: `[B, C * k] -> [B, C]` (class-major layout)."""
     if sub_centers == 1:
@@ -27,8 +43,7 @@ class NormLinear(nn.Module):
         if sub_centers < 1:
             raise ValueError(f"sub_centers must be >= 1, got {sub_centers}")
         self.sub_centers = sub_centers
-        self.weight = nn.Parameter(torch.empty(num_classes * sub_centers, embedding_size))
-        nn.init.normal_(self.weight, std=0.01)
+        self.weight = nn.Parameter(init_centres(num_classes * sub_centers, embedding_size))
 
     def subcenter_cosines(self, embeddings: torch.Tensor) -> torch.Tensor:
         """`[B, C, k]` cosines to every sub-centre."""

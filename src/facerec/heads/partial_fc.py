@@ -182,7 +182,11 @@ class PartialFC(nn.Module):
         self.sub_centers, self.sparse_grad, self.chunk_size = sub_centers, sparse_grad, chunk_size
         self.num_sample = max(1, int(math.ceil(sample_rate * self.num_local)))
         self.margin = margin
-        self.weight = nn.Parameter(torch.normal(0, 0.01, (self.num_local * sub_centers, embedding_size)))
+        from facerec.heads.fc import init_centres
+
+        k = sub_centers  # this rank's rows of the matrix a single process would draw
+        self.weight = nn.Parameter(init_centres(num_classes * k, embedding_size, self.class_start * k,
+                                                (self.class_start + self.num_local) * k))
         self.last_index: torch.Tensor | None = None  # classes used by the last step (for tests/inspection)
 
     def sample(self, local_labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

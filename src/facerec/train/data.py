@@ -2,7 +2,8 @@
 
 The batch order is a pure function of (seed, epoch, rank): a resumed run skips the batches it
 already trained on and sees exactly the batches an uninterrupted run would have seen. Random
-horizontal flips are drawn from a generator seeded by (seed, epoch, batch) for the same reason.
+horizontal flips are a seeded coin per (seed, epoch, sample index), for the same reason and so
+that N ranks with batch B/N train on exactly the images one process with batch B sees.
 """
 
 from __future__ import annotations
@@ -61,7 +62,8 @@ class TrainData:
     num_workers: int = 0
     seed: int = 0
     _epoch: int = 0
-    _batch: int = 0
+    _indices: torch.Tensor | None = None
+    _flip_bits: tuple[int, torch.Tensor] | None = None
 
     def loader(self, sampler: EpochSampler, epoch: int, start_batch: int = 0) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         """Yield (uint8 images [B, 3, H, W], labels [B]) for batches `start_batch..` of `epoch`."""
@@ -69,8 +71,16 @@ class TrainData:
         dl = DataLoader(self.train, batch_sampler=batches, num_workers=self.num_workers,
                         persistent_workers=False, pin_memory=torch.cuda.is_available())
         for i, (x, y) in enumerate(dl):
-            self._epoch, self._batch = epoch, start_batch + i
+            self._epoch, self._indices = epoch, torch.tensor(batches[i])
             yield x, y
+
+    def flip_mask(self, epoch: int, indices: torch.Tensor) -> torch.Tensor:
+        """Whether each sample is mirrored in `epoch`: a seeded coin per (epoch, sample index), so
+        augmentation does not depend on batch size, rank count or where a run was resumed."""
+        if self._flip_bits is None or self._flip_bits[0] != epoch:
+            g = torch.Generator().manual_seed((self.seed * 1_000_003 + epoch) * 7 + 3)
+            self._flip_bits = (epoch, torch.rand(len(self.train), generator=g) < 0.5)
+        return self._flip_bits[1][indices]
 
     def to_input(self, x: torch.Tensor, pre: Preprocess, train: bool) -> torch.Tensor:
         """uint8 RGB batch -> normalised float batch in the model's colour order, flipped at random."""
@@ -80,10 +90,8 @@ class TrainData:
         if pre.color == "BGR":
             x = x.flip(1)
         x = fit_to_contract(x, pre)
-        g = None
-        if train:
-            g = torch.Generator().manual_seed((self.seed * 1_000_003 + self._epoch) * 1_000_003 + self._batch)
-        return to_model_input(x, pre.mean, pre.std, flip=train, generator=g)
+        mask = self.flip_mask(self._epoch, self._indices) if train and self._indices is not None else None
+        return to_model_input(x, pre.mean, pre.std, flip_mask=mask)
 
 
 def load_val_set(path: str | Path, name: str | None = None) -> ValSet:

@@ -8,6 +8,7 @@ directory.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import time
 from dataclasses import dataclass, field
@@ -24,7 +25,8 @@ from facerec.train import checkpoint as ckpt
 from facerec.train.data import TrainData, build_train_data, EpochSampler
 from facerec.train.optim import build_optimizer, build_scheduler, clip_gradients
 from facerec.train.runtime import Runtime
-from facerec.train.trackers import Console, JsonlLogger, Throughput, format_duration
+from facerec.train.trackers import (Console, JsonlLogger, MultiLogger, TensorBoardLogger, Throughput, VisdomLogger,
+                                     format_duration)
 
 
 class TrainingDiverged(FacerecError, RuntimeError):
@@ -70,12 +72,47 @@ def build_backbone(cfg: Config) -> nn.Module:
     )
 
 
-def build_classifier(cfg: Config, num_classes: int) -> nn.Module:
+def build_classifier(cfg: Config, num_classes: int, world_size: int = 1) -> nn.Module:
+    """The head of `cfg.head`. With several processes, "fc" becomes Partial FC with sample rate 1:
+    the same softmax over every class, with the centres sharded across the ranks."""
     from facerec.heads import build_head, create_margin
 
+    kind, rate = cfg.head.type, cfg.head.sample_rate
+    if kind == "fc" and world_size > 1:
+        kind, rate = "partial_fc", 1.0
     margin = create_margin(cfg.head.margin, s=cfg.head.s, m=cfg.head.m, **cfg.head.options)
-    return build_head(cfg.head.type, margin, cfg.model.embedding_size, num_classes, sample_rate=cfg.head.sample_rate,
+    return build_head(kind, margin, cfg.model.embedding_size, num_classes, sample_rate=rate,
                       sub_centers=cfg.head.sub_centers, sparse_grad=cfg.head.sparse_grad)
+
+
+def _allreduce_sum_hook(state, bucket):  # no annotations: DDP checks them (and ours are strings)
+    """DDP communication hook summing (not averaging) gradients: with Partial FC every rank's loss
+    is already the loss of the whole global batch, so the sum is the gradient of that loss."""
+    fut = torch.distributed.all_reduce(bucket.buffer(), async_op=True).get_future()
+    return fut.then(lambda f: f.value()[0])
+
+
+def wrap_distributed(model: nn.Module, head: nn.Module, runtime: Runtime) -> tuple[nn.Module, nn.Module]:
+    """(backbone, head) to run the step with: the backbone in DistributedDataParallel, Partial FC
+    as is (sharded, it synchronises itself), any other head in DDP too. One process: unchanged."""
+    if not runtime.distributed:
+        return model, head
+    from torch.nn.parallel import DistributedDataParallel as DDP
+
+    from facerec.heads.partial_fc import PartialFC
+
+    ids = [runtime.device.index] if runtime.device.type == "cuda" else None
+    net = DDP(model, device_ids=ids)
+    if isinstance(head, PartialFC):
+        net.register_comm_hook(None, _allreduce_sum_hook)
+        return net, head
+    return net, DDP(head, device_ids=ids)
+
+
+def _sharded_params(head: nn.Module, runtime: Runtime) -> list[torch.Tensor]:
+    from facerec.heads.partial_fc import PartialFC
+
+    return list(head.parameters()) if runtime.distributed and isinstance(head, PartialFC) else []
 
 
 def seed_everything(seed: int, rank: int = 0) -> None:
@@ -133,30 +170,42 @@ def train_one_epoch(
     on_step: Any = None,
 ) -> float:
     """Run the remaining batches of epoch `state.epoch`; returns the mean loss of those batches."""
+    from torch.nn.parallel import DistributedDataParallel as DDP
+
     model.train()
     head.train()
     params = [p for group in optimizer.param_groups for p in group["params"]]
-    pre = model.preprocess
+    sharded = _sharded_params(getattr(head, "module", head), runtime)
+    pre = getattr(model, "module", model).preprocess
     accum = max(1, cfg.train.grad_accum)
+    micro_losses: list[float] = []
     losses: list[float] = []
     window_loss, window_n = 0.0, 0
+    usable = (sampler.batches_per_epoch // accum) * accum  # a partial accumulation never crosses epochs
     loader = data.loader(sampler, state.epoch, start_batch=state.batch_in_epoch)
     for x, y in loader:
-        if state.step >= total_steps:
+        if state.step >= total_steps or state.batch_in_epoch >= usable:
             break
         x = data.to_input(x, pre, train=True).to(runtime.device, non_blocking=True)
         y = y.to(runtime.device, non_blocking=True)
         if cfg.train.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
-        with runtime.autocast():
-            emb = model(x)
-        loss = head(emb.float(), y)
-        runtime.scaler.scale(loss / accum).backward()
+        last_micro = (state.batch_in_epoch + 1) % accum == 0
+        with contextlib.ExitStack() as stack:
+            for m in (model, head):  # no gradient all-reduce until the last micro-batch
+                if not last_micro and isinstance(m, DDP):
+                    stack.enter_context(m.no_sync())
+            with runtime.autocast():
+                emb = model(x)
+            loss = head(emb.float(), y)
+            runtime.scaler.scale(loss / accum).backward()
+        micro_losses.append(float(loss.detach()))
         state.batch_in_epoch += 1
-        if state.batch_in_epoch % accum != 0:
+        if not last_micro:
             continue
+        step_loss, micro_losses = float(np.mean(micro_losses)), []
         runtime.scaler.unscale_(optimizer)
-        if not _step_is_finite(loss, params):
+        if not runtime.all_true(math.isfinite(step_loss) and _step_is_finite(loss, params)):
             optimizer.zero_grad(set_to_none=True)
             runtime.scaler.update()
             state.bad_steps += 1
@@ -171,13 +220,13 @@ def train_one_epoch(
                 )
             continue
         state.consecutive_bad = 0
-        clip_gradients(params, cfg.optim.grad_clip)
+        clip_gradients(params, cfg.optim.grad_clip, sharded=sharded)
         runtime.scaler.step(optimizer)
         runtime.scaler.update()
         optimizer.zero_grad(set_to_none=True)
         scheduler.step()
         state.step += 1
-        lv = float(loss.detach())
+        lv = step_loss  # mean over the accumulated micro-batches
         losses.append(lv)
         window_loss += lv
         window_n += 1
@@ -232,8 +281,11 @@ def train(
     model = build_backbone(cfg).to(runtime.device)
     if cfg.train.channels_last:
         model = model.to(memory_format=torch.channels_last)
-    head = build_classifier(cfg, data.num_classes).to(runtime.device)
+    with torch.random.fork_rng(devices=[]):  # the same centres on every rank (each keeps its shard)
+        torch.manual_seed(cfg.train.seed)
+        head = build_classifier(cfg, data.num_classes, runtime.world_size).to(runtime.device)
     optimizer = build_optimizer(cfg.optim, model, head)
+    net, head_net = wrap_distributed(model, head, runtime)
     sampler = EpochSampler(len(data.train), cfg.train.batch_size, seed=cfg.train.seed,
                            rank=runtime.rank, world_size=runtime.world_size)
     steps_per_epoch = sampler.batches_per_epoch // max(1, cfg.train.grad_accum)
@@ -248,9 +300,14 @@ def train(
     if resume is not None:
         path = ckpt.latest_checkpoint(run_path) if resume == "auto" else Path(resume)
         if path is not None:
-            _restore(ckpt.load_training_checkpoint(path), model, head, optimizer, scheduler, runtime, state)
-    metrics = JsonlLogger(run_path / "metrics.jsonl" if writes else None)
+            _restore(ckpt.load_training_checkpoint(path), model, head, optimizer, scheduler, runtime, state, path)
     console = Console(enabled=runtime.is_main and log, total=total_steps)
+    metrics = MultiLogger([
+        JsonlLogger(run_path / "metrics.jsonl" if writes else None),
+        TensorBoardLogger(run_path / "tensorboard") if writes and cfg.train.tensorboard else None,
+        VisdomLogger(cfg.train.visdom_server, cfg.train.visdom_port, cfg.train.visdom_env, warn=console.print)
+        if runtime.is_main and cfg.train.visdom else None,  # live plots also in tuning mode (nothing on disk)
+    ])
     console.set_position(state.step)
     meter = Throughput(total_steps)
     eval_every = max(1, int(round(cfg.eval.every_epochs * steps_per_epoch))) if cfg.eval.every_epochs > 0 else 0
@@ -259,28 +316,30 @@ def train(
     final_loss = float("nan")
 
     def save(step_state: TrainState) -> Path | None:
+        if tune:
+            return None
+        full = _state_dict(cfg, model, head, optimizer, scheduler, runtime, step_state, sampler)  # collective
         if not writes:
             return None
-        return ckpt.save_checkpoint(_state_dict(cfg, model, head, optimizer, scheduler, runtime, step_state, sampler),
-                                    run_path, step_state.step, cfg.train.keep_last)
+        return ckpt.save_checkpoint(full, run_path, step_state.step, cfg.train.keep_last)
 
     def on_step(st: TrainState) -> None:
         nonlocal val, last_ckpt
         if cfg.train.checkpoint_every and st.step % cfg.train.checkpoint_every == 0:
             last_ckpt = save(st)
         if eval_every and st.step % eval_every == 0 and data.val_sets and st.step < total_steps:
-            val = _evaluate_and_track(model, data, cfg, runtime, st, metrics, console, writes, run_path,
+            val = _evaluate_and_track(model, data, cfg, runtime, st, metrics, console, not tune, run_path,
                                       lambda: _state_dict(cfg, model, head, optimizer, scheduler, runtime, st, sampler))
 
     try:
         while state.step < total_steps:
-            final_loss = train_one_epoch(model, head, optimizer, scheduler, data, sampler, state, cfg, runtime,
+            final_loss = train_one_epoch(net, head_net, optimizer, scheduler, data, sampler, state, cfg, runtime,
                                          meter, console, metrics, total_steps, on_step)
-            if state.batch_in_epoch >= sampler.batches_per_epoch:
+            if state.batch_in_epoch >= steps_per_epoch * max(1, cfg.train.grad_accum):
                 state.epoch += 1
                 state.batch_in_epoch = 0
         if data.val_sets:
-            val = _evaluate_and_track(model, data, cfg, runtime, state, metrics, console, writes, run_path,
+            val = _evaluate_and_track(model, data, cfg, runtime, state, metrics, console, not tune, run_path,
                                       lambda: _state_dict(cfg, model, head, optimizer, scheduler, runtime, state, sampler))
         last_ckpt = save(state) or last_ckpt
     finally:
@@ -294,8 +353,10 @@ def train(
     )
 
 
-def _evaluate_and_track(model, data, cfg, runtime, state, metrics, console, writes, run_path, make_state):
+def _evaluate_and_track(model, data, cfg, runtime, state, metrics, console, saving, run_path, make_state):
+    """Rank 0 evaluates while the others wait; a new best is checkpointed (a collective step)."""
     val: dict[str, dict[str, float]] = {}
+    improved = False
     if runtime.is_main:
         val = evaluate(model, data, cfg, runtime)
         improved = False
@@ -306,37 +367,55 @@ def _evaluate_and_track(model, data, cfg, runtime, state, metrics, console, writ
             if r["accuracy"] > state.best.get(name, -1.0):
                 state.best[name] = r["accuracy"]
                 improved = True
-        if improved and writes:
-            ckpt.save_best(make_state(), run_path)
+    if saving and runtime.broadcast_object(improved):
+        full = make_state()
+        if runtime.is_main:
+            ckpt.save_best(full, run_path)
     runtime.barrier()
     return val
 
 
-def _state_dict(cfg, model, head, optimizer, scheduler, runtime, state: TrainState, sampler) -> dict[str, Any]:
+def _state_dict(cfg, model, head, optimizer, scheduler, runtime, state: TrainState, sampler) -> dict[str, Any] | None:
+    """Everything to resume from. With several processes every rank contributes its own head
+    shard, optimiser state and RNG states ("per_rank", gathered to rank 0; None elsewhere)."""
     from facerec.models import model_checkpoint_dict
 
-    return {
+    local = {"head": head.state_dict(), "optimizer": optimizer.state_dict(), "rng": ckpt.rng_state()}
+    parts = runtime.gather_objects(local) if runtime.distributed else [local]
+    if parts is None:
+        return None
+    out = {
         "facerec_model": model_checkpoint_dict(model),
-        "head": head.state_dict(),
-        "optimizer": optimizer.state_dict(),
+        "head": parts[0]["head"],
+        "optimizer": parts[0]["optimizer"],
         "scheduler": scheduler.state_dict(),
         "scaler": runtime.scaler.state_dict(),
-        "rng": ckpt.rng_state(),
+        "rng": parts[0]["rng"],
         "progress": {"epoch": state.epoch, "batch_in_epoch": state.batch_in_epoch, "step": state.step,
                      "bad_steps": state.bad_steps, "world_size": runtime.world_size},
         "best": dict(state.best),
         "config": cfg.to_dict(),
     }
+    if runtime.distributed:
+        out["per_rank"] = parts
+    return out
 
 
-def _restore(saved, model, head, optimizer, scheduler, runtime, state: TrainState) -> None:
+def _restore(saved, model, head, optimizer, scheduler, runtime, state: TrainState, path=None) -> None:
+    from facerec.errors import CheckpointError
+
+    saved_world = int(saved["progress"].get("world_size", 1))
+    if saved_world != runtime.world_size:
+        raise CheckpointError(f"{path}: written by {saved_world} process(es), resumed with {runtime.world_size}; "
+                              f"the head shards, optimiser and RNG states are per rank, resume with the same count")
+    mine = saved["per_rank"][runtime.rank] if "per_rank" in saved else saved
     model.load_state_dict(saved["facerec_model"]["state_dict"])
-    head.load_state_dict(saved["head"])
-    optimizer.load_state_dict(saved["optimizer"])
+    head.load_state_dict(mine["head"])
+    optimizer.load_state_dict(mine["optimizer"])
     scheduler.load_state_dict(saved["scheduler"])
     if saved.get("scaler"):
         runtime.scaler.load_state_dict(saved["scaler"])
-    ckpt.set_rng_state(saved["rng"])
+    ckpt.set_rng_state(mine["rng"])
     p = saved["progress"]
     state.epoch, state.batch_in_epoch, state.step = p["epoch"], p["batch_in_epoch"], p["step"]
     state.bad_steps = p.get("bad_steps", 0)

@@ -155,17 +155,29 @@ def build_scheduler(
     )
 
 
-def clip_gradients(params: Iterable[torch.Tensor], max_norm: float | None) -> float | None:
+def clip_gradients(params: Iterable[torch.Tensor], max_norm: float | None,
+                   sharded: Iterable[torch.Tensor] = ()) -> float | None:
     """Scale all gradients so their global L2 norm is at most `max_norm`; returns the norm
-    before clipping. Handles row-sparse gradients (their stored values)."""
+    before clipping. Handles row-sparse gradients (their stored values). `sharded` parameters
+    (Partial FC's centres, different on every rank) count with their squared norms summed over
+    the ranks, so every rank computes the same global norm."""
     if max_norm is None or max_norm <= 0:
         return None
     params = list(params)
-    grads = [p.grad for p in params if p.grad is not None]
-    if not grads:
-        return 0.0
-    sq = [(g.coalesce().values() if g.is_sparse else g).float().pow(2).sum() for g in grads]
-    total = float(torch.stack(sq).sum().sqrt())
+    shard_ids = {id(p) for p in sharded}
+
+    def sq(g: torch.Tensor) -> torch.Tensor:
+        return (g.coalesce().values() if g.is_sparse else g).float().pow(2).sum()
+
+    zero = torch.zeros((), dtype=torch.float32)
+    local = sum((sq(p.grad).cpu() for p in params if p.grad is not None and id(p) not in shard_ids), zero)
+    shard = sum((sq(p.grad).cpu() for p in params if p.grad is not None and id(p) in shard_ids), zero.clone())
+    if shard_ids and torch.distributed.is_available() and torch.distributed.is_initialized():
+        dev = next((p.grad.device for p in params if id(p) in shard_ids and p.grad is not None), torch.device("cpu"))
+        shard = shard.to(dev)
+        torch.distributed.all_reduce(shard)
+        shard = shard.cpu()
+    total = float((local + shard).sqrt())
     if total > max_norm:
         scale = max_norm / (total + 1e-6)
         for p in params:

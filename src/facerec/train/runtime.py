@@ -112,6 +112,30 @@ class Runtime:
         torch.distributed.all_reduce(t)
         return float(t.item()) / self.world_size
 
+    def all_true(self, flag: bool) -> bool:
+        """True on every rank iff `flag` is True on every rank (one decision for collective steps)."""
+        if not self.distributed:
+            return bool(flag)
+        t = torch.tensor([1 if flag else 0], dtype=torch.int32, device=self.device if self.device.type == "cuda" else "cpu")
+        torch.distributed.all_reduce(t, op=torch.distributed.ReduceOp.MIN)
+        return bool(t.item())
+
+    def broadcast_object(self, obj: Any, src: int = 0) -> Any:
+        """`obj` of rank `src` on every rank."""
+        if not self.distributed:
+            return obj
+        box = [obj]
+        torch.distributed.broadcast_object_list(box, src=src)
+        return box[0]
+
+    def gather_objects(self, obj: Any) -> list[Any] | None:
+        """Every rank's `obj` as a list on rank 0 (None elsewhere); [obj] with one process."""
+        if not self.distributed:
+            return [obj]
+        out = [None] * self.world_size if self.is_main else None
+        torch.distributed.gather_object(obj, out, dst=0)
+        return out
+
     def close(self) -> None:
         if self.distributed:
             torch.distributed.destroy_process_group()

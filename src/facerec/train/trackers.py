@@ -106,3 +106,103 @@ class Console:
         if self._bar is not None:
             self._bar.close()
             self._bar = None
+
+
+class MultiLogger:
+    """Sends every record to several sinks (`log(record)`, `close()`)."""
+
+    def __init__(self, sinks: list[Any]) -> None:
+        self.sinks = [s for s in sinks if s is not None]
+
+    def log(self, record: dict[str, Any]) -> None:
+        for sink in self.sinks:
+            sink.log(record)
+
+    def close(self) -> None:
+        for sink in self.sinks:
+            sink.close()
+
+
+def _scalars(record: dict[str, Any]) -> tuple[int | None, dict[str, float]]:
+    """(step, {tag: value}) of a metrics record, tags as TensorBoard/visdom plots them."""
+    step = record.get("step")
+    if record.get("event") == "val":
+        name = record.get("set", "val")
+        return step, {f"val/{name}/{k}": float(record[k]) for k in ("accuracy", "accuracy_std") if k in record}
+    if record.get("event") == "bad_step":
+        return step, {"train/bad_step": 1.0}
+    return step, {f"train/{k}": float(record[k]) for k in ("loss", "lr", "images_per_second", "grad_scale")
+                  if k in record and record[k] is not None and math.isfinite(float(record[k]))}
+
+
+class TensorBoardLogger:
+    """Scalars to TensorBoard event files in `log_dir` (needs the `tensorboard` package)."""
+
+    def __init__(self, log_dir: str | Path) -> None:
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+        except ImportError as exc:  # tensorboard not installed
+            from facerec.errors import ConfigError
+
+            raise ConfigError("config key 'train.tensorboard': the tensorboard package is not installed "
+                              "(pip install 'facerec[track]')") from exc
+        self.writer = SummaryWriter(str(log_dir))
+
+    def log(self, record: dict[str, Any]) -> None:
+        step, scalars = _scalars(record)
+        for tag, value in scalars.items():
+            self.writer.add_scalar(tag, value, global_step=step)
+
+    def close(self) -> None:
+        self.writer.flush()
+        self.writer.close()
+
+
+class VisdomLogger:
+    """Live plots on a visdom server (the seed's curves): loss, learning rate, images/s and one
+    accuracy line per validation set, appended as the run goes. If the server cannot be reached
+    the run goes on and says so once."""
+
+    WINDOWS = {"train/loss": ("loss", "loss"), "train/lr": ("lr", "learning rate"),
+               "train/images_per_second": ("speed", "images/s")}
+
+    def __init__(self, server: str = "http://127.0.0.1", port: int = 8097, env: str = "facerec",
+                 warn: Any = print) -> None:
+        try:
+            import visdom
+        except ImportError as exc:
+            from facerec.errors import ConfigError
+
+            raise ConfigError("config key 'train.visdom': the visdom package is not installed "
+                              "(pip install 'facerec[track]')") from exc
+        self.vis = visdom.Visdom(server=server, port=port, env=env, use_incoming_socket=False,
+                                 raise_exceptions=False)
+        self.ok = bool(self.vis.check_connection(timeout_seconds=5))
+        if not self.ok:
+            warn(f"[facerec] visdom server {server}:{port} not reachable; no live plots")
+        self._made: set[str] = set()
+
+    def _append(self, win: str, title: str, name: str, step: int, value: float) -> None:
+        import numpy as np
+
+        self.vis.line(X=np.array([step]), Y=np.array([value]), win=win, name=name,
+                      update="append" if (win, name) in self._made else None,
+                      opts={"title": title, "xlabel": "step", "showlegend": True})
+        self._made.add((win, name))
+
+    def log(self, record: dict[str, Any]) -> None:
+        if not self.ok:
+            return
+        step, scalars = _scalars(record)
+        if step is None:
+            return
+        for tag, value in scalars.items():
+            if tag in self.WINDOWS:
+                win, title = self.WINDOWS[tag]
+                self._append(win, title, tag.split("/")[-1], step, value)
+            elif tag.startswith("val/") and tag.endswith("/accuracy"):
+                self._append("accuracy", "verification accuracy", tag.split("/")[1], step, value)
+
+    def close(self) -> None:
+        if self.ok:
+            self.vis.save([self.vis.env])

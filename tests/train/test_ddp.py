@@ -1,0 +1,70 @@
+"""2 processes (gloo) train exactly like 1: same losses and final weights."""
+
+import json
+import os
+import socket
+
+import pytest
+import torch
+import torch.multiprocessing as mp
+
+from facerec.config import load_config
+from facerec.train.engine import train
+
+BASE = [
+    "model.input_size=[32, 32]", "model.embedding_size=32", "model.options={width_mult: 0.25}",
+    "data.synthetic.identities=12", "data.synthetic.images_per_identity=8", "data.synthetic.val_identities=10",
+    "data.synthetic.val_pairs=40", "train.log_every=1", "train.precision=fp32", "train.epochs=0.5",
+    "head.s=16.0", "head.m=0.2", "optim.lr=0.01", "optim.momentum=0.9", "optim.schedule=cosine",
+    "optim.warmup_epochs=0.25", "optim.grad_clip=2.0", "eval.every_epochs=0", "train.threads=1",
+]
+
+
+def _port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _losses(run):
+    return [r["loss"] for r in map(json.loads, (run / "metrics.jsonl").read_text().splitlines()) if "loss" in r]
+
+
+def _worker(rank, world, port, overrides, run_dir, out):
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), LOCAL_RANK=str(rank),
+                      WORLD_SIZE=str(world))
+    try:
+        result = train(load_config(None, overrides), run_dir, log=False)
+        out[rank] = {"backbone": {k: v.detach().clone() for k, v in result.model.named_parameters()},
+                     "head": result.head.weight.detach().clone(), "start": result.head.class_start,
+                     "steps": result.steps}
+    finally:
+        if torch.distributed.is_initialized():
+            torch.distributed.destroy_process_group()
+
+
+@pytest.mark.slow
+def test_two_processes_match_one_process_on_the_same_global_batch(tmp_path):
+    cache = f"data.cache_dir={tmp_path / 'cache'}"
+    # one process, batch 8 x accumulation 2: the same 8-image micro-batches (BatchNorm statistics)
+    # as 2 ranks with batch 8 each, global batch 16 either way
+    single_run = tmp_path / "single"
+    single = train(load_config(None, [*BASE, cache, "train.batch_size=8", "train.grad_accum=2",
+                                      "head.type=fc"]), single_run, log=False)
+    out = mp.Manager().dict()
+    ddp_run = tmp_path / "ddp"
+    mp.spawn(_worker, args=(2, _port(), [*BASE, cache, "train.batch_size=8", "head.type=fc"], ddp_run, out),
+             nprocs=2, join=True)
+    assert out[0]["steps"] == out[1]["steps"] == single.steps == 3
+    torch.testing.assert_close(torch.tensor(_losses(ddp_run)), torch.tensor(_losses(single_run)), rtol=1e-4, atol=1e-5)
+    for name, p in single.model.named_parameters():
+        torch.testing.assert_close(out[0]["backbone"][name], p.detach(), rtol=1e-3, atol=1e-5, msg=name)
+        assert torch.equal(out[0]["backbone"][name], out[1]["backbone"][name]), name  # replicas stay identical
+    centres = torch.cat([out[0]["head"], out[1]["head"]])  # rank 0 holds classes 0..5, rank 1 6..11
+    assert out[1]["start"] == out[0]["head"].shape[0]
+    torch.testing.assert_close(centres, single.head.fc.weight.detach(), rtol=1e-3, atol=1e-5)
+    # the checkpoint holds every rank's shard; a resume with another process count is refused
+    saved = torch.load(sorted(ddp_run.glob("checkpoints/*.pt"))[-1] if list(ddp_run.glob("checkpoints/*.pt"))
+                       else next(ddp_run.rglob("*.pt")), weights_only=True)
+    assert len(saved["per_rank"]) == 2
+    torch.testing.assert_close(torch.cat([saved["per_rank"][r]["head"]["weight"] for r in (0, 1)]), centres)
