@@ -62,3 +62,21 @@ def test_torch_compile(name, calibrate):
     with torch.no_grad():
         ref, got = m(x), compiled(x)
     torch.testing.assert_close(got, ref, atol=1e-4 * float(ref.abs().max()), rtol=1e-3)
+
+
+@pytest.mark.parametrize("name", list_models())
+def test_every_backbone_round_trips_through_checkpoint_and_safetensors(name, calibrate, tmp_path):
+    from facerec.export import save_safetensors
+    from facerec.models import load_checkpoint, save_model
+
+    m = small_model(calibrate, name)
+    x = torch.randn(2, 3, *SMALL)
+    with torch.no_grad():
+        ref = m(x)
+    for path in (tmp_path / "m.pt", tmp_path / "m.safetensors"):
+        (save_model if path.suffix == ".pt" else save_safetensors)(m, path)
+        back = load_checkpoint(path)
+        assert back.arch == m.arch and back.preprocess == m.preprocess
+        with torch.no_grad():
+            assert torch.equal(back(x), ref)
+        path.unlink()
