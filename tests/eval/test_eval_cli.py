@@ -61,3 +61,51 @@ def test_data_info_rec_and_bin(tiny_bench, capsys):
     assert main(["data", "info", str(tiny_bench / "tiny.bin"), "--json"]) == 0
     info = json.loads(capsys.readouterr().out)
     assert info["num_pairs"] == 20 and info["num_same"] == 10
+
+
+def test_report_markdown_and_roc_png(tiny_bench, capsys):
+    pytest.importorskip("matplotlib")
+    report = tiny_bench / "report"
+    assert main(["eval", "--model", str(tiny_bench / "m.pt"), "--bench", "tiny", "--data", str(tiny_bench),
+                 "--flip", "all", "--report", str(report)]) == 0
+    md = (report / "report.md").read_text()
+    assert "| tiny | insightface | sum | 20 |" in md and "![ROC tiny](roc_tiny.png)" in md
+    png = (report / "roc_tiny.png").read_bytes()
+    assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 5000
+
+
+def test_roc_points_match_a_naive_sweep():
+    from facerec.eval.report import roc_points
+
+    rng = np.random.default_rng(0)
+    same = rng.random(200) < 0.4
+    scores = np.round(np.where(same, rng.normal(0.6, 0.2, 200), rng.normal(0.2, 0.2, 200)), 2)  # ties
+    far, tar = roc_points(scores, same)
+    thresholds = np.sort(np.unique(scores))[::-1]
+    naive_far = [np.mean(scores[~same] >= t) for t in thresholds]
+    naive_tar = [np.mean(scores[same] >= t) for t in thresholds]
+    np.testing.assert_allclose(far[1:], naive_far)
+    np.testing.assert_allclose(tar[1:], naive_tar)
+    assert far[-1] == tar[-1] == 1.0 and far[0] == tar[0] == 0.0
+
+
+def test_foreign_onnx_with_stated_preprocessing(tiny_bench, tmp_path):
+    pytest.importorskip("onnxruntime")
+    import torch
+
+    from facerec.eval.benchmark import evaluate_bins
+    from facerec.models import load_checkpoint
+
+    model = load_checkpoint(tiny_bench / "m.pt")
+    onnx_path = tmp_path / "foreign.onnx"  # exported without facerec metadata, like another framework's
+    torch.onnx.export(model, (torch.randn(2, 3, 32, 32),), str(onnx_path), input_names=["data"],
+                      output_names=["fc1"], dynamo=False, dynamic_axes={"data": {0: "n"}, "fc1": {0: "n"}})
+    assert main(["eval", "--onnx", str(onnx_path), "--bench", "tiny", "--data", str(tiny_bench)]) == 2  # no size
+    out = tmp_path / "r.json"
+    assert main(["eval", "--onnx", str(onnx_path), "--input-size", "32", "32", "--mean", "127.5", "127.5", "127.5",
+                 "--std", "127.5", "127.5", "127.5", "--bench", "tiny", "--data", str(tiny_bench),
+                 "--json", str(out)]) == 0
+    ref = evaluate_bins(model, ["tiny"], tiny_bench, progress=False)
+    got = json.loads(out.read_text())["results"][0]
+    assert got["accuracy_mean"] == pytest.approx(ref[0]["accuracy_mean"])
+    assert got["auc"] == pytest.approx(ref[0]["auc"], abs=1e-6)

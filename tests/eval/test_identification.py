@@ -59,14 +59,57 @@ def test_topk_chunked_equals_full():
     torch.testing.assert_close(topk_scores(q, b, 4, chunk=17), full)
 
 
-def test_noise_removed_probes_change_the_result():
-    """@R variant: dropping a listed noisy probe image is just evaluating without it."""
+def test_noise_lists_remove_listed_probes_and_distractors(tmp_path):
+    """@R variant: the images on the noise lists are dropped, i.e. the result equals evaluating
+    without them; names match by any trailing part of their path."""
+    from facerec.eval.identification import read_noise_list
+
     probes, labels, dis = make(4)
-    probes[0] = -probes[1]  # a mislabelled image
-    keep = np.arange(len(labels)) != 0
-    noisy = megaface_evaluate(probes, labels, dis)
-    clean = megaface_evaluate(probes[keep], labels[keep], dis)
+    probes[0] = -probes[1]  # a mislabelled probe image
+    dis[7] = probes[2] * 3  # a distractor that is really a probe person
+    pnames = [f"facescrub/person{lab}/img{i}.png" for i, lab in enumerate(labels)]
+    dnames = [f"FlickrFinal2/{i // 100}/{i}.jpg" for i in range(len(dis))]
+    (tmp_path / "fs.txt").write_text("# FaceScrub noise\nperson0/img0.png\n\n")
+    (tmp_path / "mf.txt").write_text("FlickrFinal2/0/7.jpg\n")
+    noisy = megaface_evaluate(probes, labels, dis, fars=(1e-3,))
+    clean = megaface_evaluate(probes, labels, dis, fars=(1e-3,), probe_names=pnames, distractor_names=dnames,
+                              probe_noise=read_noise_list(tmp_path / "fs.txt"),
+                              distractor_noise=read_noise_list(tmp_path / "mf.txt"))
+    keep_p, keep_d = np.arange(len(labels)) != 0, np.arange(len(dis)) != 7
+    cmc, tar = brute_force(probes[keep_p].astype(np.float64), labels[keep_p], dis[keep_d].astype(np.float64),
+                           far=1e-3)
+    np.testing.assert_allclose(clean.cmc, cmc)
+    assert clean.tar_at_far["1e-3"] == pytest.approx(tar)
+    assert (clean.removed_probes, clean.removed_distractors) == (1, 1) and clean.num_distractors == len(dis) - 1
     assert clean.rank1 > noisy.rank1
+    with pytest.raises(DataError, match="probe name"):
+        megaface_evaluate(probes, labels, dis, probe_noise={"x"})
+
+
+def test_lfw_mini_protocol_on_real_faces(shared_data, tmp_path, capsys):
+    """People with 2+ images are probes, the others distractors; the pretrained model finds most."""
+    import json
+    import shutil
+
+    from facerec.cli import main
+    from facerec.eval.identification import folder_protocol
+
+    src = shared_data / "lfw" / "images"
+    people = sorted(src.iterdir())[:60]
+    root = tmp_path / "lfw"
+    for d in people:
+        shutil.copytree(d, root / d.name)
+    probes, labels, distractors = folder_protocol(root)
+    multi = [d for d in people if len(list(d.glob("*.jpg"))) >= 2]
+    assert len(set(labels.tolist())) == len(multi) and len(probes) + len(distractors) == sum(
+        len(list(d.glob("*.jpg"))) for d in people)
+    out = tmp_path / "mf.json"
+    weights = shared_data / "weights" / "mobilefacenet_casia_xiaoccer" / "068.ckpt"
+    assert main(["megaface", "--model", str(weights), "--images", str(root), "--landmarks",
+                 str(shared_data / "lfw" / "landmarks.tsv"), "--json", str(out)]) == 0
+    r = json.loads(out.read_text())
+    assert r["num_distractors"] == len(distractors) and r["rank1"] > 0.8
+    assert "rank-1:" in capsys.readouterr().out
 
 
 def test_devkit_feature_round_trip_and_errors(tmp_path):

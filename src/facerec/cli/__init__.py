@@ -25,6 +25,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "embed": ("embed", "embed face images to a .npy file"),
     "compare": ("compare", "compare two face images"),
     "search": ("search", "search a gallery for a probe face"),
+    "megaface": ("megaface", "MegaFace-style identification on a folder of people"),
 }
 
 

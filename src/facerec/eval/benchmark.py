@@ -78,6 +78,7 @@ def evaluate_bins(
     device: str = "cpu",
     progress: bool = True,
     threshold_criterion: str | None = None,
+    curves: dict | None = None,
 ) -> list[dict[str, Any]]:
     """One result row per (bench, protocol, flip), in the stable JSON shape of `facerec eval`.
 
@@ -92,6 +93,9 @@ def evaluate_bins(
         path = resolve_bench(bench, data_dir)
         e, ef, issame, folds = embed_bin(model, path, batch_size, device, progress)
         name = Path(bench).stem if Path(bench).suffix in (".bin", ".npz") else bench
+        if curves is not None:
+            for flip in flips:
+                curves[(name, flip)] = (pair_cosines(fuse(e, ef, flip)), np.asarray(issame, dtype=bool))
         for protocol in protocols:
             for flip in flips:
                 r = evaluate(fuse(e, ef, flip), issame, protocol=protocol, folds=folds)

@@ -29,14 +29,24 @@ def _normalize(x: np.ndarray | torch.Tensor) -> torch.Tensor:
     return torch.nn.functional.normalize(t, dim=1)
 
 
-def topk_scores(queries, base, k: int, chunk: int = 65536) -> torch.Tensor:
-    """The k highest cosine scores of each query against `base`, descending: [Q, k]."""
+def topk_scores(queries, base, k: int, chunk: int = 65536, block_elements: int = 1 << 24) -> torch.Tensor:
+    """The k highest cosine scores of each query against `base`, descending: [Q, k].
+
+    `base` is visited in chunks of rows (normalised one chunk at a time) and the queries in
+    groups, so no score block exceeds `block_elements` floats; a running top-k per query is kept.
+    Memory: the base itself plus O(chunk * D + block_elements + Q * k)."""
     q = _normalize(queries)
+    n = int(base.shape[0])
     best = torch.full((q.shape[0], 0), -math.inf)
-    for start in range(0, base.shape[0], chunk):
-        b = _normalize(base[start : start + chunk])
-        s = q @ b.t()
-        best = torch.topk(torch.cat([best, s], dim=1), k=min(k, best.shape[1] + s.shape[1]), dim=1)[0]
+    group = max(1, block_elements // max(1, min(chunk, n)))
+    for start in range(0, n, chunk):
+        b = _normalize(base[start : start + chunk]).t().contiguous()
+        merged_rows = []
+        for qs in range(0, q.shape[0], group):
+            s = q[qs : qs + group] @ b
+            merged = torch.cat([best[qs : qs + group], s], dim=1)
+            merged_rows.append(torch.topk(merged, k=min(k, merged.shape[1]), dim=1)[0])
+        best = torch.cat(merged_rows) if merged_rows else best
     return best
 
 
@@ -47,15 +57,51 @@ class IdentificationResult:
     num_pairs: int
     num_distractors: int
     tar_at_far: dict[str, float | None]
+    removed_probes: int = 0  # @R: probe images dropped by the noise list
+    removed_distractors: int = 0
+
+
+def read_noise_list(path: str | Path) -> set[str]:
+    """A MegaFace noise list (`facescrub_noises.txt`, `megaface_noises.txt`): one image name or
+    relative path per line; blank lines and `#` comments skipped."""
+    p = Path(path)
+    if not p.is_file():
+        raise DataError(f"noise list {str(p)!r} does not exist")
+    return {ln.strip() for ln in p.read_text(encoding="utf-8", errors="replace").splitlines()
+            if ln.strip() and not ln.lstrip().startswith("#")}
+
+
+def is_listed(name: str, noise: set[str]) -> bool:
+    """True if `name`, or any trailing part of its path (down to the file name), is in `noise`."""
+    parts = str(name).replace("\\", "/").split("/")
+    return any("/".join(parts[i:]) in noise for i in range(len(parts)))
+
+
+def _clean(features, names, noise: set[str] | None, what: str):
+    if not noise:
+        return features, None, 0
+    if names is None or len(names) != len(features):
+        raise DataError(f"@R noise removal needs one {what} name per {what} feature")
+    keep = np.array([not is_listed(n, noise) for n in names], dtype=bool)
+    return features[keep], keep, int((~keep).sum())
 
 
 def megaface_evaluate(
-    probe_features, probe_labels, distractor_features, max_rank: int = 10, fars=(1e-6,), chunk: int = 65536
+    probe_features, probe_labels, distractor_features, max_rank: int = 10, fars=(1e-6,), chunk: int = 65536,
+    probe_names=None, distractor_names=None, probe_noise: set[str] | None = None,
+    distractor_noise: set[str] | None = None,
 ) -> IdentificationResult:
-    """Rank-1 / CMC up to `max_rank` and TAR@FAR for probes against distractors."""
+    """Rank-1 / CMC up to `max_rank` and TAR@FAR for probes against distractors.
+
+    With `probe_noise` / `distractor_noise` (see `read_noise_list`) and the image names, the
+    listed images are removed first: the noise-cleaned "@R" variant of the challenge."""
     labels = np.asarray(probe_labels)
     if len(labels) != len(probe_features):
         raise DataError(f"{len(labels)} probe labels for {len(probe_features)} probe features")
+    probe_features, keep, removed_p = _clean(probe_features, probe_names, probe_noise, "probe")
+    if keep is not None:
+        labels = labels[keep]
+    distractor_features, _, removed_d = _clean(distractor_features, distractor_names, distractor_noise, "distractor")
     p = _normalize(probe_features)
     n = int(distractor_features.shape[0])
     genuine_scores = []
@@ -91,7 +137,32 @@ def megaface_evaluate(
         kth = topk_scores(p, distractor_features, k + 1, chunk).flatten()
         thr = float(torch.topk(kth, k + 1)[0][-1])
         tar[key] = float((genuine > thr).mean())
-    return IdentificationResult(cmc, float(cmc[0]), len(ranks), n, tar)
+    return IdentificationResult(cmc, float(cmc[0]), len(ranks), n, tar, removed_p, removed_d)
+
+
+def folder_protocol(root: str | Path) -> tuple[list[Path], np.ndarray, list[Path]]:
+    """A MegaFace-style protocol from an identity-per-folder tree (the LFW mini-protocol): every
+    image of a person with two or more images is a probe (labelled by person), every image of
+    the others is a distractor. Returns (probe paths, probe labels, distractor paths)."""
+    from facerec.inference import list_images
+
+    root = Path(root)
+    by_person: dict[str, list[Path]] = {}
+    for p in list_images(root):
+        rel = p.relative_to(root)
+        if len(rel.parts) < 2:
+            continue
+        by_person.setdefault(rel.parts[0], []).append(p)
+    probes, labels, distractors = [], [], []
+    for i, (person, files) in enumerate(sorted(by_person.items())):
+        if len(files) >= 2:
+            probes += files
+            labels += [i] * len(files)
+        else:
+            distractors += files
+    if not probes:
+        raise DataError(f"{root}: no person has two or more images; nothing to use as probes")
+    return probes, np.array(labels), distractors
 
 
 def read_devkit_feature(path: str | Path) -> np.ndarray:

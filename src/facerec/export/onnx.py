@@ -211,25 +211,40 @@ class OnnxEmbedder(nn.Module):
     normalised input of the contract (`preprocess`, read from the file), so evaluation and
     `facerec.Embedder` use it like the original; a folded graph gets the pixels back exactly."""
 
-    def __init__(self, path: str | Path, threads: int | None = None) -> None:
+    def __init__(self, path: str | Path, threads: int | None = None, preprocess: Preprocess | None = None) -> None:
+        """`preprocess` states the input of an ONNX file from another framework (no facerec
+        metadata): its graph then takes the normalised tensor of that contract."""
         super().__init__()
         import onnxruntime as ort
 
         meta = read_onnx_metadata(path)
-        if "facerec_model" not in meta:
-            raise CheckpointError(f"{path}: ONNX without facerec metadata; its preprocessing is unknown")
-        d = json.loads(meta["facerec_model"])
         self.path = str(path)
-        self.arch = f"onnx:{d['arch']}"
-        self.arch_kwargs = d.get("kwargs", {})
-        self.preprocess = Preprocess.from_dict(d["preprocess"])
-        self.threshold = Threshold.from_dict(d["threshold"]) if d.get("threshold") else None
-        self.folded = meta.get("preprocessing_folded") == "true"
+        if "facerec_model" in meta and preprocess is None:
+            d = json.loads(meta["facerec_model"])
+            self.arch = f"onnx:{d['arch']}"
+            self.arch_kwargs = d.get("kwargs", {})
+            self.preprocess = Preprocess.from_dict(d["preprocess"])
+            self.threshold = Threshold.from_dict(d["threshold"]) if d.get("threshold") else None
+            self.folded = meta.get("preprocessing_folded") == "true"
+        elif preprocess is not None:
+            self.arch, self.arch_kwargs, self.preprocess, self.threshold = f"onnx:{Path(path).stem}", {}, preprocess, None
+            self.folded = False
+        else:
+            raise CheckpointError(f"{path}: ONNX without facerec metadata, so its preprocessing is unknown; state it "
+                                  f"(facerec eval --onnx FILE --input-size H W --mean M M M --std S S S [--bgr])")
         opts = ort.SessionOptions()
         if threads:
             opts.intra_op_num_threads = threads
         self.session = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
-        self.input_name = self.session.get_inputs()[0].name
+        inputs = self.session.get_inputs()
+        if len(inputs) != 1:
+            raise CheckpointError(f"{path}: expected one input, the graph has {[i.name for i in inputs]}")
+        self.input_name = inputs[0].name
+        shape = inputs[0].shape  # e.g. ["batch", 3, 112, 112]; symbolic dims are strings
+        want = (3, *self.preprocess.input_size)
+        if len(shape) != 4 or any(isinstance(s, int) and s != w for s, w in zip(shape[1:], want)):
+            raise CheckpointError(f"{path}: the graph takes input {shape}, the stated preprocessing gives "
+                                  f"[N, {want[0]}, {want[1]}, {want[2]}]")
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = x.detach().float().cpu()
