@@ -122,3 +122,14 @@ def test_devkit_feature_round_trip_and_errors(tmp_path):
     (tmp_path / "c.bin").write_bytes(np.array([1, 8, 32, 5], dtype="<i4").tobytes() + f[:3].tobytes())
     with pytest.raises(DataError, match="announces"):
         read_devkit_feature(tmp_path / "c.bin")
+
+
+def test_faiss_backend_gives_the_same_result():
+    pytest.importorskip("faiss")
+    probes, labels, dis = make(5)
+    a = megaface_evaluate(probes, labels, dis, fars=(1e-3,), chunk=100)
+    b = megaface_evaluate(probes, labels, dis, fars=(1e-3,), chunk=100, use_faiss=True)
+    np.testing.assert_allclose(a.cmc, b.cmc)
+    assert a.tar_at_far == b.tar_at_far
+    torch.testing.assert_close(topk_scores(probes, dis, 5, chunk=64, use_faiss=True), topk_scores(probes, dis, 5),
+                               atol=1e-5, rtol=0)

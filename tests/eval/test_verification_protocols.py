@@ -111,3 +111,24 @@ def test_shape_mismatch_is_a_clear_error():
 def test_kfold_like_sklearn():
     sizes = [len(f) for f in kfold_indices(23, 10)]
     assert sizes == [3, 3, 3, 2, 2, 2, 2, 2, 2, 2]
+
+
+@pytest.mark.parametrize("protocol", ["insightface", "sphereface"])
+@pytest.mark.parametrize("case", ["all_same", "all_different", "ties"])
+def test_degenerate_pair_sets_give_defined_or_undefined_numbers_not_errors(protocol, case):
+    rng = np.random.default_rng(0)
+    n = 40
+    emb = rng.normal(size=(2 * n, 8))
+    same = np.ones(n, bool) if case == "all_same" else np.zeros(n, bool) if case == "all_different" else \
+        np.arange(n) % 2 == 0
+    if case == "ties":
+        emb = np.eye(8)[np.arange(2 * n) // 2 % 8]  # every pair identical one-hot: all scores tie exactly
+    r = evaluate(emb, same, nfolds=10, protocol=protocol)
+    assert len(r.fold_accuracies) == 10 and np.all((r.fold_accuracies >= 0) & (r.fold_accuracies <= 1))
+    if case == "all_same":
+        assert r.accuracy_mean > 0.9  # a threshold above the training folds' distances accepts (nearly) all
+        assert all(v is None for v in r.tar_at_far.values()) and np.isnan(r.auc)
+    if case == "all_different":
+        assert r.accuracy_mean == 1.0 and all(v is None for v in r.tar_at_far.values())
+    if case == "ties":
+        assert r.auc == pytest.approx(0.5) and r.accuracy_mean == pytest.approx(0.5, abs=0.15)

@@ -18,6 +18,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--distractor-noise", default=None, help="noise list of distractor images (@R)")
     parser.add_argument("--max-rank", type=int, default=10)
     parser.add_argument("--flip", default=None, choices=["none", "sum"])
+    parser.add_argument("--faiss", action="store_true", help="search with faiss's exact index (faiss-cpu)")
     parser.add_argument("--json", default=None, metavar="OUT")
 
 
@@ -44,7 +45,8 @@ def run(args: argparse.Namespace) -> int:
         p.embeddings, keep_labels, d.embeddings, max_rank=args.max_rank, fars=(1e-3, 1e-4, 1e-5, 1e-6),
         probe_names=p.paths, distractor_names=d.paths,
         probe_noise=read_noise_list(args.probe_noise) if args.probe_noise else None,
-        distractor_noise=read_noise_list(args.distractor_noise) if args.distractor_noise else None)
+        distractor_noise=read_noise_list(args.distractor_noise) if args.distractor_noise else None,
+        use_faiss=args.faiss)
     people = len(set(keep_labels.tolist()))
     print(f"probes: {len(p.paths)} images of {people} people ({result.num_pairs} probe pairs); "
           f"distractors: {result.num_distractors} images"

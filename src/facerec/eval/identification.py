@@ -29,15 +29,31 @@ def _normalize(x: np.ndarray | torch.Tensor) -> torch.Tensor:
     return torch.nn.functional.normalize(t, dim=1)
 
 
-def topk_scores(queries, base, k: int, chunk: int = 65536, block_elements: int = 1 << 24) -> torch.Tensor:
+def topk_scores(queries, base, k: int, chunk: int = 65536, block_elements: int = 1 << 24,
+                use_faiss: bool = False) -> torch.Tensor:
     """The k highest cosine scores of each query against `base`, descending: [Q, k].
 
     `base` is visited in chunks of rows (normalised one chunk at a time) and the queries in
     groups, so no score block exceeds `block_elements` floats; a running top-k per query is kept.
-    Memory: the base itself plus O(chunk * D + block_elements + Q * k)."""
+    Memory: the base itself plus O(chunk * D + block_elements + Q * k). With `use_faiss` each
+    chunk is searched by faiss's exact inner-product index instead (same scores; faiss must be
+    installed)."""
     q = _normalize(queries)
     n = int(base.shape[0])
     best = torch.full((q.shape[0], 0), -math.inf)
+    if use_faiss:
+        try:
+            import faiss  # type: ignore[import-not-found]
+        except ImportError:
+            raise DataError("use_faiss: faiss is not installed (pip install faiss-cpu)") from None
+        qn = q.numpy()
+        for start in range(0, n, chunk):
+            index = faiss.IndexFlatIP(q.shape[1])
+            index.add(np.ascontiguousarray(_normalize(base[start : start + chunk]).numpy()))
+            d, _ = index.search(qn, min(k, index.ntotal))
+            merged = torch.cat([best, torch.from_numpy(d)], dim=1)
+            best = torch.topk(merged, k=min(k, merged.shape[1]), dim=1)[0]
+        return best
     group = max(1, block_elements // max(1, min(chunk, n)))
     for start in range(0, n, chunk):
         b = _normalize(base[start : start + chunk]).t().contiguous()
@@ -89,7 +105,7 @@ def _clean(features, names, noise: set[str] | None, what: str):
 def megaface_evaluate(
     probe_features, probe_labels, distractor_features, max_rank: int = 10, fars=(1e-6,), chunk: int = 65536,
     probe_names=None, distractor_names=None, probe_noise: set[str] | None = None,
-    distractor_noise: set[str] | None = None,
+    distractor_noise: set[str] | None = None, use_faiss: bool = False,
 ) -> IdentificationResult:
     """Rank-1 / CMC up to `max_rank` and TAR@FAR for probes against distractors.
 
@@ -106,7 +122,7 @@ def megaface_evaluate(
     n = int(distractor_features.shape[0])
     genuine_scores = []
     ranks = []
-    top = topk_scores(p, distractor_features, max_rank, chunk) if n else torch.empty(len(p), 0)
+    top = topk_scores(p, distractor_features, max_rank, chunk, use_faiss=use_faiss) if n else torch.empty(len(p), 0)
     for ident in np.unique(labels):
         idx = np.nonzero(labels == ident)[0]
         if len(idx) < 2:
@@ -134,7 +150,7 @@ def megaface_evaluate(
             tar[key] = None
             continue
         # threshold = the (k+1)-th highest impostor score: accepting scores above it accepts k impostors
-        kth = topk_scores(p, distractor_features, k + 1, chunk).flatten()
+        kth = topk_scores(p, distractor_features, k + 1, chunk, use_faiss=use_faiss).flatten()
         thr = float(torch.topk(kth, k + 1)[0][-1])
         tar[key] = float((genuine > thr).mean())
     return IdentificationResult(cmc, float(cmc[0]), len(ranks), n, tar, removed_p, removed_d)
