@@ -8,7 +8,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from facerec.data.decode import decode_image
+from facerec.data.decode import decode_image, decode_into
 from facerec.data.recordio import RecordIOReader, read_face_layout, record_label, unpack
 from facerec.errors import DataError
 
@@ -41,6 +41,39 @@ class RecordFaceDataset(Dataset):
     def __len__(self) -> int:
         return len(self.keys)
 
+    def __getitems__(self, indices: list) -> tuple[torch.Tensor, torch.Tensor]:
+        """A whole batch at once (what DataLoader calls with a batch sampler): images decoded
+        straight into one `[B, H, W, 3]` uint8 array (channels-last, no per-image copies) and
+        labels `[B]`. An entry may be `(index, flip)`: the image is then mirrored here, in the
+        worker, on its own row (cheap while it is in cache). Use `collate_batch` as the
+        DataLoader's `collate_fn`."""
+        items = [(int(i[0]), bool(i[1])) if isinstance(i, (tuple, list)) else (int(i), False) for i in indices]
+        if not items:
+            return torch.empty(0, 0, 0, 3, dtype=torch.uint8), torch.empty(0, dtype=torch.int64)
+        first = self[items[0][0]][0]
+        out = np.empty((len(items), first.shape[1], first.shape[2], 3), dtype=np.uint8)
+        out[0] = first.permute(1, 2, 0).numpy()
+        labels = np.empty(len(items), dtype=np.int64)
+        labels[0] = self.labels[items[0][0]]
+        pixels = out.view(np.dtype("V3")).reshape(out.shape[:3])  # one 3-byte item per pixel: fast mirroring
+        for j in range(len(items)):
+            i, flip = items[j]
+            if j == 0:
+                if flip:
+                    pixels[0] = pixels[0][:, ::-1]
+                continue
+            key = int(self.keys[i])
+            where = f"{self.reader.rec_path} (key {key})"
+            header, payload = unpack(self.reader.read(key), where)
+            label = record_label(header)
+            if label != self.labels[i]:
+                raise DataError(f"{where}: record label {label} disagrees with its identity record ({self.labels[i]})")
+            decode_into(payload, out[j], self.color, where)
+            if flip:
+                pixels[j] = pixels[j][:, ::-1]
+            labels[j] = label
+        return torch.from_numpy(out), torch.from_numpy(labels)
+
     def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
         key = int(self.keys[i])
         where = f"{self.reader.rec_path} (key {key})"
@@ -50,3 +83,8 @@ class RecordFaceDataset(Dataset):
             raise DataError(f"{where}: record label {label} disagrees with its identity record ({self.labels[i]})")
         img = decode_image(payload, self.color, where)
         return torch.from_numpy(np.ascontiguousarray(img.transpose(2, 0, 1))), label
+
+
+def collate_batch(batch):
+    """`collate_fn` for datasets with `__getitems__`: the batch is already assembled."""
+    return batch

@@ -36,3 +36,25 @@ def decode_image(data: bytes, color: str = "RGB", where: str = "image") -> np.nd
     except (UnidentifiedImageError, OSError, ValueError) as exc:
         raise DataError(f"{where}: cannot decode image ({exc.__class__.__name__}: {exc})") from None
     return arr[..., ::-1].copy() if color == "BGR" else arr
+
+
+def decode_into(data: bytes, out: np.ndarray, color: str = "RGB", where: str = "image") -> None:
+    """Decode into the preallocated `out` [H, W, 3] uint8 (a row of a batch array): no per-image
+    allocation or copy with the fast decoder. An image of another size is a DataError."""
+    sj = _simplejpeg() if data[:2] == b"\xff\xd8" else None
+    if sj is not None:
+        try:
+            h, w, _, _ = sj.decode_jpeg_header(data)
+        except Exception:
+            h = w = None
+        if (h, w) == out.shape[:2]:
+            try:
+                sj.decode_jpeg(data, colorspace=color, buffer=out)
+                return
+            except Exception:
+                pass  # fall through: Pillow decodes or reports the problem
+    img = decode_image(data, color, where)
+    if img.shape != out.shape:
+        raise DataError(f"{where}: image is {img.shape[1]}x{img.shape[0]}, the batch holds "
+                        f"{out.shape[1]}x{out.shape[0]} (a data set must hold one image size)")
+    out[...] = img

@@ -18,6 +18,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from facerec.config import Config
 from facerec.contract import Preprocess
+from facerec.data.dataset import collate_batch
 from facerec.errors import DataError
 
 
@@ -64,14 +65,22 @@ class TrainData:
     _epoch: int = 0
     _indices: torch.Tensor | None = None
     _flip_bits: tuple[int, torch.Tensor] | None = None
+    _preflipped: bool = False
 
     def loader(self, sampler: EpochSampler, epoch: int, start_batch: int = 0) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         """Yield (uint8 images [B, 3, H, W], labels [B]) for batches `start_batch..` of `epoch`."""
         batches = sampler.batches(epoch, start_batch)
-        dl = DataLoader(self.train, batch_sampler=batches, num_workers=self.num_workers,
-                        persistent_workers=False, pin_memory=torch.cuda.is_available())
+        batched = hasattr(self.train, "__getitems__")
+        requests = batches
+        if batched:  # the workers mirror the images the epoch's coin picked, while decoding
+            requests = [list(zip(b, self.flip_mask(epoch, torch.tensor(b)).tolist())) for b in batches]
+        dl = DataLoader(self.train, batch_sampler=requests, num_workers=self.num_workers,
+                        persistent_workers=False, pin_memory=torch.cuda.is_available(),
+                        collate_fn=collate_batch if batched else None)
         for i, (x, y) in enumerate(dl):
-            self._epoch, self._indices = epoch, torch.tensor(batches[i])
+            self._epoch, self._indices, self._preflipped = epoch, torch.tensor(batches[i]), batched
+            if batched:  # [B, H, W, 3] -> an NCHW view in channels-last memory, no copy
+                x = x.permute(0, 3, 1, 2)
             yield x, y
 
     def flip_mask(self, epoch: int, indices: torch.Tensor) -> torch.Tensor:
@@ -90,7 +99,8 @@ class TrainData:
         if pre.color == "BGR":
             x = x.flip(1)
         x = fit_to_contract(x, pre)
-        mask = self.flip_mask(self._epoch, self._indices) if train and self._indices is not None else None
+        flip = train and self._indices is not None and not self._preflipped
+        mask = self.flip_mask(self._epoch, self._indices) if flip else None
         return to_model_input(x, pre.mean, pre.std, flip_mask=mask)
 
 

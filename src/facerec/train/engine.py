@@ -188,8 +188,7 @@ def train_one_epoch(
             break
         x = data.to_input(x, pre, train=True).to(runtime.device, non_blocking=True)
         y = y.to(runtime.device, non_blocking=True)
-        if cfg.train.channels_last:
-            x = x.contiguous(memory_format=torch.channels_last)
+        x = x.contiguous(memory_format=torch.channels_last if cfg.train.channels_last else torch.contiguous_format)
         last_micro = (state.batch_in_epoch + 1) % accum == 0
         with contextlib.ExitStack() as stack:
             for m in (model, head):  # no gradient all-reduce until the last micro-batch

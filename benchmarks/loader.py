@@ -1,0 +1,155 @@
+"""Training input throughput from a `.rec` of real 112x112 faces (LFW, aligned with the shared
+landmarks): facerec's loader (per-sample decode in DataLoader workers, uint8 batches, one
+vectorised flip + normalise per batch) with 0, 1 and 2 workers, against two references measured
+in the same run: the raw JPEG decode rate on one core (the ceiling) and a straightforward
+per-sample pipeline (decode -> float tensor -> flip -> normalise per sample, default collate).
+
+    python benchmarks/loader.py [--shared ../shared/data] [--batch 128] [--batches 40]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import time
+from pathlib import Path
+
+import numpy as np
+
+
+def build_rec(shared: Path, out: Path, limit: int) -> Path:
+    """LFW images aligned to 112x112, JPEG q95, one label per person, as insightface RecordIO."""
+    from facerec.data.align import align_face, read_landmarks
+    from facerec.data.decode import decode_image
+    from facerec.data.recordio import write_face_rec
+    from facerec.data.synthetic import encode_jpeg
+
+    rec = out / "lfw112.rec"
+    if rec.is_file():
+        return rec
+    lm = read_landmarks(shared / "lfw" / "landmarks.tsv")
+    names = sorted(k for k, v in lm.items() if v is not None)[:limit]
+    people = {n.split("/")[0] for n in names}
+    label = {p: i for i, p in enumerate(sorted(people))}
+    samples = []
+    for n in sorted(names, key=lambda n: label[n.split("/")[0]]):
+        img = align_face(decode_image((shared / "lfw" / "images" / n).read_bytes()), lm[n], "arcface", (112, 112))
+        samples.append((label[n.split("/")[0]], encode_jpeg(img, quality=95)))
+    out.mkdir(parents=True, exist_ok=True)
+    write_face_rec(rec, samples)
+    return rec
+
+
+def decode_ceiling(rec: Path, n: int = 2000) -> dict:
+    """Images/s of decoding the records' JPEG bytes alone, one thread."""
+    import torch
+
+    from facerec.data.decode import decode_image
+    from facerec.data.recordio import RecordIOReader, read_face_layout, unpack
+
+    torch.set_num_threads(1)
+    reader = RecordIOReader(rec)
+    keys = read_face_layout(reader).image_keys[:n]
+    payloads = [unpack(reader.read(int(k)))[1] for k in keys]
+    t0 = time.perf_counter()
+    for p in payloads:
+        decode_image(p)
+    return {"images_per_second": len(payloads) / (time.perf_counter() - t0), "images": len(payloads)}
+
+
+class _Straightforward:
+    """The per-sample pipeline most projects write: decode, float, flip, normalise, per item."""
+
+    def __init__(self, rec: Path) -> None:
+        from facerec.data.dataset import RecordFaceDataset
+
+        self.ds = RecordFaceDataset(rec)
+
+    def __len__(self) -> int:
+        return len(self.ds)
+
+    def __getitem__(self, i: int):
+        import random
+
+        import torch
+
+        x, y = self.ds[i]
+        x = x.float()
+        if random.random() < 0.5:
+            x = torch.flip(x, dims=[2])
+        x = (x - 127.5) / 127.5
+        return x, y
+
+
+def run_loader(rec: Path, workers: int, batch: int, batches: int, kind: str) -> dict:
+    import torch
+    from torch.utils.data import DataLoader
+
+    from facerec.config import load_config
+    from facerec.contract import Preprocess
+    from facerec.train.data import EpochSampler, TrainData
+
+    torch.set_num_threads(1)
+    pre = Preprocess()
+    if kind == "facerec":
+        from facerec.data.dataset import RecordFaceDataset
+
+        data = TrainData(train=RecordFaceDataset(rec), num_classes=0, num_workers=workers)
+        sampler = EpochSampler(len(data.train), batch, seed=0)
+        it = data.loader(sampler, epoch=0)
+
+        def next_batch():
+            x, y = next(it)
+            return data.to_input(x, pre, train=True), y
+    else:
+        ds = _Straightforward(rec)
+        sampler = EpochSampler(len(ds), batch, seed=0)
+        loader = DataLoader(ds, batch_sampler=sampler.batches(0), num_workers=workers)
+        it2 = iter(loader)
+
+        def next_batch():
+            return next(it2)
+    next_batch()  # worker start-up and first batch are not timed
+    t0 = time.perf_counter()
+    done = 0
+    for _ in range(batches):
+        try:
+            x, _ = next_batch()
+        except StopIteration:
+            break
+        done += x.shape[0]
+    dt = time.perf_counter() - t0
+    return {"pipeline": kind, "workers": workers, "batch": batch, "images": done, "seconds": dt,
+            "images_per_second": done / dt, "batches_per_second": done / batch / dt}
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--shared", type=Path, default=Path(__file__).resolve().parents[2] / "shared" / "data")
+    ap.add_argument("--cache", type=Path, default=Path(".cache/facerec/bench_loader"))
+    ap.add_argument("--limit", type=int, default=8000)
+    ap.add_argument("--batch", type=int, default=128)
+    ap.add_argument("--batches", type=int, default=40)
+    ap.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "loader.json")
+    args = ap.parse_args(argv)
+    rec = build_rec(args.shared, args.cache, args.limit)
+    ceiling = decode_ceiling(rec)
+    print(f"decode ceiling (1 core): {ceiling['images_per_second']:.0f} images/s", flush=True)
+    rows = []
+    for kind in ("facerec", "straightforward"):
+        for w in (0, 1, 2):
+            r = run_loader(rec, w, args.batch, args.batches, kind)
+            r["vs_ceiling"] = r["images_per_second"] / (max(w, 1) * ceiling["images_per_second"])
+            rows.append(r)
+            print(f"{kind:<16} workers {w}: {r['images_per_second']:7.0f} images/s "
+                  f"({r['batches_per_second']:.1f} batches/s, {100 * r['vs_ceiling']:.0f}% of "
+                  f"{max(w, 1)} x ceiling)", flush=True)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps({"benchmark": "loader", "cpus": os.cpu_count(), "decode_ceiling": ceiling,
+                                    "rows": rows}, indent=2) + "\n")
+    print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()

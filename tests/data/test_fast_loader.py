@@ -1,0 +1,72 @@
+"""The batched training input path equals the straightforward per-sample one, bit for bit."""
+
+import numpy as np
+import pytest
+import torch
+
+from facerec.contract import Preprocess
+from facerec.data.dataset import RecordFaceDataset
+from facerec.data.decode import decode_into
+from facerec.data.recordio import write_face_rec
+from facerec.data.synthetic import encode_jpeg, render_image
+from facerec.data.transforms import to_model_input
+from facerec.errors import DataError
+from facerec.train.data import EpochSampler, TrainData
+
+
+@pytest.fixture
+def rec(tmp_path):
+    samples = [(i // 4, encode_jpeg(render_image(0, i // 4, i % 4, size=40))) for i in range(24)]
+    write_face_rec(tmp_path / "t.rec", samples)
+    return tmp_path / "t.rec"
+
+
+def test_getitems_decodes_flips_and_labels_like_getitem(rec):
+    ds = RecordFaceDataset(rec)
+    req = [(5, True), (0, False), (17, True), (9, False)]
+    x, y = ds.__getitems__(req)
+    assert x.shape == (4, 40, 40, 3) and x.dtype == torch.uint8
+    for j, (i, flip) in enumerate(req):
+        img, label = ds[i]
+        ref = img.permute(1, 2, 0)
+        assert torch.equal(x[j], ref.flip(1) if flip else ref) and y[j] == label
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_loader_batches_equal_the_per_sample_pipeline(rec, workers):
+    pre = Preprocess(input_size=(40, 40), mean=(127.5, 120.0, 110.0), std=(128.0, 127.0, 126.0))
+    data = TrainData(train=RecordFaceDataset(rec), num_classes=6, num_workers=workers, seed=3)
+    sampler = EpochSampler(len(data.train), 8, seed=3)
+    for epoch in (0, 1):
+        batches = sampler.batches(epoch)
+        for b, (x, y) in zip(batches, data.loader(sampler, epoch)):
+            got = data.to_input(x, pre, train=True)
+            flips = data.flip_mask(epoch, torch.tensor(b))
+            imgs = torch.stack([data.train[i][0] for i in b])
+            ref = to_model_input(imgs, pre.mean, pre.std, flip_mask=flips)
+            assert torch.equal(got, ref) and torch.equal(y, torch.tensor([data.train[i][1] for i in b]))
+            assert got.is_contiguous(memory_format=torch.channels_last)
+
+
+def test_channels_last_and_nchw_inputs_normalise_identically():
+    g = torch.Generator().manual_seed(0)
+    x = torch.randint(0, 256, (5, 3, 7, 9), dtype=torch.uint8, generator=g)
+    mask = torch.tensor([True, False, True, True, False])
+    for mean, std in (((127.5,) * 3, (128.0,) * 3), ((120.0, 110.0, 100.0), (60.0, 61.0, 62.0))):
+        a = to_model_input(x, mean, std, flip_mask=mask)
+        b = to_model_input(x.contiguous(memory_format=torch.channels_last), mean, std, flip_mask=mask)
+        naive = (torch.where(mask.view(-1, 1, 1, 1), x.flip(-1), x).float() - torch.tensor(mean).view(1, 3, 1, 1)) \
+            / torch.tensor(std).view(1, 3, 1, 1)
+        assert torch.equal(a, naive) and torch.equal(b, naive)
+
+
+def test_decode_into_rejects_another_image_size():
+    jpeg = encode_jpeg(render_image(0, 0, 0, size=40))
+    out = np.empty((32, 32, 3), np.uint8)
+    with pytest.raises(DataError, match="a data set must hold one image size"):
+        decode_into(jpeg, out, where="x.rec (key 3)")
+    good = np.empty((40, 40, 3), np.uint8)
+    decode_into(jpeg, good)
+    from facerec.data.decode import decode_image
+
+    assert np.array_equal(good, decode_image(jpeg))
