@@ -65,6 +65,7 @@ class DataConfig:
     val: list[str] = field(default_factory=list)
     color: Literal["RGB", "BGR"] = "RGB"
     num_workers: int = 0
+    bad_records: Literal["error", "skip"] = "error"  # skip: leave unreadable records out, log each
     cache_dir: str = ".cache/facerec"
     synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)
 

@@ -68,3 +68,38 @@ def test_lfw_pairs_file(shared_data):
     assert len(pairs) == 6000 and sum(p.issame for p in pairs) == 3000
     assert [sum(p.fold == f for p in pairs) for f in range(10)] == [600] * 10
     assert pairs[0].path1 == "Abel_Pacheco/Abel_Pacheco_0001.jpg" and pairs[0].issame
+
+
+def test_align_command_writes_the_tree_and_applies_the_missing_policy(shared_data, tmp_path, capsys):
+    import shutil
+
+    from facerec.cli import main
+    from facerec.data.align import align_face, read_landmarks
+    from facerec.data.decode import decode_image
+
+    src = shared_data / "lfw" / "images"
+    lm_all = read_landmarks(shared_data / "lfw" / "landmarks.tsv")
+    root = tmp_path / "photos"
+    people = sorted(src.iterdir())[:3]
+    for d in people:
+        shutil.copytree(d, root / d.name)
+    (root / "stranger").mkdir()
+    shutil.copy(next(people[0].glob("*.jpg")), root / "stranger" / "unlisted.jpg")  # no landmarks
+    n = sum(1 for _ in root.rglob("*.jpg"))
+    out = tmp_path / "aligned"
+    assert main(["data", "align", "--images", str(root), "--landmarks", str(shared_data / "lfw" / "landmarks.tsv"),
+                 "--out", str(out), "--template", "sphereface"]) == 0
+    said = capsys.readouterr().out
+    assert f"aligned {n - 1} image(s)" in said and "1 skipped" in said
+    written = sorted(out.rglob("*.jpg"))
+    assert len(written) == n - 1 and not (out / "stranger").exists()
+    rel = written[0].relative_to(out).as_posix()
+    img = decode_image(written[0].read_bytes())
+    ref = align_face(decode_image((root / rel).read_bytes()), lm_all[rel], "sphereface", (112, 96))
+    assert img.shape == (112, 96, 3) and np.abs(img.astype(int) - ref.astype(int)).mean() < 3  # JPEG q95
+    assert main(["data", "align", "--images", str(root), "--landmarks", str(shared_data / "lfw" / "landmarks.tsv"),
+                 "--out", str(tmp_path / "a2"), "--missing", "center"]) == 0
+    assert "1 centre-cropped" in capsys.readouterr().out
+    assert main(["data", "align", "--images", str(root), "--landmarks", str(shared_data / "lfw" / "landmarks.tsv"),
+                 "--out", str(tmp_path / "a3"), "--missing", "error"]) == 2
+    assert "unlisted.jpg: no landmarks" in capsys.readouterr().err

@@ -24,7 +24,8 @@ def rec(tmp_path):
 def test_getitems_decodes_flips_and_labels_like_getitem(rec):
     ds = RecordFaceDataset(rec)
     req = [(5, True), (0, False), (17, True), (9, False)]
-    x, y = ds.__getitems__(req)
+    x, y, skipped = ds.__getitems__(req)
+    assert skipped == []
     assert x.shape == (4, 40, 40, 3) and x.dtype == torch.uint8
     for j, (i, flip) in enumerate(req):
         img, label = ds[i]
@@ -70,3 +71,33 @@ def test_decode_into_rejects_another_image_size():
     from facerec.data.decode import decode_image
 
     assert np.array_equal(good, decode_image(jpeg))
+
+
+def _corrupt_one_record(rec, key=5):
+    """Overwrite the JPEG payload of one record in place (framing intact): undecodable image."""
+    from facerec.data.recordio import RecordIOReader
+
+    offset = RecordIOReader(rec).index[key]
+    data = bytearray(rec.read_bytes())
+    jpeg_start = data.index(b"\xff\xd8", offset)
+    data[jpeg_start + 2 : jpeg_start + 300] = b"\x00" * 298
+    rec.write_bytes(bytes(data))
+
+
+def test_bad_records_are_errors_by_default_and_skipped_on_request(rec, tmp_path):
+    from facerec.config import load_config
+    from facerec.train.engine import train
+
+    _corrupt_one_record(rec, key=5)
+    with pytest.raises(DataError, match=r"t\.rec \(key 5\)"):
+        RecordFaceDataset(rec).__getitems__(list(range(8)))
+    x, y, skipped = RecordFaceDataset(rec, on_bad="skip").__getitems__(list(range(8)))
+    assert x.shape[0] == 7 and len(skipped) == 1 and "key 5" in skipped[0]
+    cfg = load_config(None, [f"data.train={rec}", "data.bad_records=skip", "model.input_size=[32, 32]",
+                             "model.embedding_size=16", "model.options={width_mult: 0.25}", "train.batch_size=8",
+                             "train.epochs=1", "train.precision=fp32", "eval.every_epochs=0", "train.log_every=1"])
+    run = tmp_path / "run"
+    result = train(cfg, run, log=False)
+    assert result.steps == 3
+    events = [line for line in (run / "metrics.jsonl").read_text().splitlines() if "bad_record" in line]
+    assert len(events) == 1 and "key 5" in events[0]

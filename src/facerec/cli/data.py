@@ -1,4 +1,5 @@
-"""`facerec data pairs2bin | info`: build and inspect face data sets."""
+"""`facerec data align | pairs2bin | list | pack | export | convert | verify | info`: build and inspect
+face data sets."""
 
 from __future__ import annotations
 
@@ -29,6 +30,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     _alignment_arguments(p, required=True, missing=("mean", "center", "error"),
                          missing_help="images with NA landmarks: mean landmarks, centre crop, or an error")
     p.add_argument("--out", required=True, help="output .bin")
+    al = sub.add_parser("align", help="align a folder of photos with 5-point landmarks into a folder of crops")
+    al.add_argument("--images", required=True, help="image root (landmark keys are paths relative to it)")
+    _alignment_arguments(al, required=True, missing=("skip", "center", "error"),
+                         missing_help="images without landmarks: leave out (counted), centre crop, or an error")
+    al.add_argument("--quality", type=int, default=95, help="JPEG quality of the crops")
+    al.add_argument("--out", required=True, help="output root (same tree, .jpg)")
     lst = sub.add_parser("list", help="list file (path<TAB>label) of an identity-per-folder tree")
     lst.add_argument("root", help="root/<identity>/<images>")
     lst.add_argument("--out", required=True, help="output list file")
@@ -53,6 +60,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.action == "align":
+        from facerec.data.align import align_folder
+
+        align_folder(args.images, args.landmarks, args.out, args.template, args.size, args.missing, args.quality,
+                     log=print)
+        return 0
     if args.action == "pairs2bin":
         from facerec.data.align import read_landmarks
         from facerec.data.pairs import build_pairs_bin, read_lfw_pairs, read_pairs_csv

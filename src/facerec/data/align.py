@@ -121,3 +121,56 @@ def read_landmarks(path: str | Path) -> dict[str, np.ndarray | None]:
             except ValueError:
                 raise DataError(f"{p}:{lineno}: landmark coordinates must be numbers or NA") from None
     return out
+
+
+def align_folder(
+    root: str | Path, landmarks: str | Path, out: str | Path, template: str = "arcface",
+    size: tuple[int, int] | None = None, missing: str = "skip", quality: int = 95,
+    log=None,
+) -> dict[str, int]:
+    """Align every image under `root` (any folder structure) with the landmarks TSV (keys are
+    paths relative to `root`) into the same tree under `out`, as JPEG (quality `quality`).
+
+    missing: images without landmarks (NA or not listed): "skip" (counted, not written),
+    "center" (centre crop, counted) or "error". Unreadable images are an error naming the file.
+    Returns counts: aligned, center_cropped, skipped.
+    """
+    from facerec.data.decode import decode_image
+    from facerec.data.synthetic import encode_jpeg
+
+    if missing not in ("skip", "center", "error"):
+        raise ValueError(f"missing must be skip, center or error, got {missing!r}")
+    root, out = Path(root), Path(out)
+    if not root.is_dir():
+        raise DataError(f"image root {str(root)!r} is not a directory")
+    table = read_landmarks(landmarks)
+    out_size = size or _BASE[template][1]
+    suffixes = {".jpg", ".jpeg", ".png", ".bmp", ".pgm", ".ppm", ".webp", ".tif", ".tiff"}
+    counts = {"aligned": 0, "center_cropped": 0, "skipped": 0}
+    files = sorted(p for p in root.rglob("*") if p.suffix.lower() in suffixes and p.is_file())
+    if not files:
+        raise DataError(f"{root}: no images")
+    for p in files:
+        rel = p.relative_to(root).as_posix()
+        lm = table.get(rel)
+        if lm is None:
+            if missing == "error":
+                raise DataError(f"{p}: no landmarks in {landmarks} ({'NA' if rel in table else 'not listed'})")
+            if missing == "skip":
+                counts["skipped"] += 1
+                continue
+        img = decode_image(p.read_bytes(), "RGB", str(p))
+        if lm is None:
+            crop = center_crop(img, out_size)
+            counts["center_cropped"] += 1
+        else:
+            crop = align_face(img, lm, template, out_size)
+            counts["aligned"] += 1
+        dst = (out / rel).with_suffix(".jpg")
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        dst.write_bytes(encode_jpeg(crop, quality))
+    if log is not None:
+        log(f"aligned {counts['aligned']} image(s) to the {template} template at {out_size[0]}x{out_size[1]} "
+            f"into {out}; without landmarks: {counts['skipped']} skipped, {counts['center_cropped']} centre-cropped "
+            f"(policy '{missing}')")
+    return counts

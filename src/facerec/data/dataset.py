@@ -20,9 +20,16 @@ class RecordFaceDataset(Dataset):
     flips happen per batch (`facerec.data.transforms`). Labels are read once at construction.
     """
 
-    def __init__(self, rec_path: str | Path, idx_path: str | Path | None = None, color: str = "RGB") -> None:
+    def __init__(self, rec_path: str | Path, idx_path: str | Path | None = None, color: str = "RGB",
+                 on_bad: str = "error") -> None:
+        """on_bad: a record that cannot be read or decoded, or has another size or a wrong label,
+        is an error naming the file and key ("error"), or, in batches, left out and reported
+        ("skip")."""
+        if on_bad not in ("error", "skip"):
+            raise ValueError(f"on_bad must be 'error' or 'skip', got {on_bad!r}")
         self.reader = RecordIOReader(rec_path, idx_path)
         self.color = color
+        self.on_bad = on_bad
         layout = read_face_layout(self.reader)
         self.keys = layout.image_keys
         if len(self.keys) == 0:
@@ -41,38 +48,45 @@ class RecordFaceDataset(Dataset):
     def __len__(self) -> int:
         return len(self.keys)
 
-    def __getitems__(self, indices: list) -> tuple[torch.Tensor, torch.Tensor]:
+    def __getitems__(self, indices: list) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
         """A whole batch at once (what DataLoader calls with a batch sampler): images decoded
-        straight into one `[B, H, W, 3]` uint8 array (channels-last, no per-image copies) and
-        labels `[B]`. An entry may be `(index, flip)`: the image is then mirrored here, in the
-        worker, on its own row (cheap while it is in cache). Use `collate_batch` as the
-        DataLoader's `collate_fn`."""
+        straight into one `[B, H, W, 3]` uint8 array (channels-last, no per-image copies),
+        labels `[B]`, and the messages of records skipped under `on_bad="skip"`. An entry may be
+        `(index, flip)`: the image is then mirrored here, in the worker, on its own row (cheap
+        while it is in cache). Use `collate_batch` as the DataLoader's `collate_fn`."""
         items = [(int(i[0]), bool(i[1])) if isinstance(i, (tuple, list)) else (int(i), False) for i in indices]
-        if not items:
-            return torch.empty(0, 0, 0, 3, dtype=torch.uint8), torch.empty(0, dtype=torch.int64)
-        first = self[items[0][0]][0]
-        out = np.empty((len(items), first.shape[1], first.shape[2], 3), dtype=np.uint8)
-        out[0] = first.permute(1, 2, 0).numpy()
+        out: np.ndarray | None = None
         labels = np.empty(len(items), dtype=np.int64)
-        labels[0] = self.labels[items[0][0]]
-        pixels = out.view(np.dtype("V3")).reshape(out.shape[:3])  # one 3-byte item per pixel: fast mirroring
-        for j in range(len(items)):
-            i, flip = items[j]
-            if j == 0:
-                if flip:
-                    pixels[0] = pixels[0][:, ::-1]
-                continue
+        skipped: list[str] = []
+        n = 0
+        for i, flip in items:
             key = int(self.keys[i])
             where = f"{self.reader.rec_path} (key {key})"
-            header, payload = unpack(self.reader.read(key), where)
-            label = record_label(header)
-            if label != self.labels[i]:
-                raise DataError(f"{where}: record label {label} disagrees with its identity record ({self.labels[i]})")
-            decode_into(payload, out[j], self.color, where)
+            try:
+                header, payload = unpack(self.reader.read(key), where)
+                label = record_label(header)
+                if label != self.labels[i]:
+                    raise DataError(f"{where}: record label {label} disagrees with its identity record "
+                                    f"({self.labels[i]})")
+                if out is None:  # the first good image fixes the batch's size
+                    first = decode_image(payload, self.color, where)
+                    out = np.empty((len(items), *first.shape), dtype=np.uint8)
+                    out[0] = first
+                else:
+                    decode_into(payload, out[n], self.color, where)
+            except DataError as exc:
+                if self.on_bad != "skip":
+                    raise
+                skipped.append(str(exc))
+                continue
             if flip:
-                pixels[j] = pixels[j][:, ::-1]
-            labels[j] = label
-        return torch.from_numpy(out), torch.from_numpy(labels)
+                row = out[n].view(np.dtype("V3")).reshape(out.shape[1:3])  # 3-byte pixels: fast mirroring
+                row[...] = row[:, ::-1]
+            labels[n] = label
+            n += 1
+        if out is None:
+            return torch.empty(0, 0, 0, 3, dtype=torch.uint8), torch.empty(0, dtype=torch.int64), skipped
+        return torch.from_numpy(out[:n]), torch.from_numpy(labels[:n]), skipped
 
     def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
         key = int(self.keys[i])

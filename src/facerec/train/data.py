@@ -66,6 +66,7 @@ class TrainData:
     _indices: torch.Tensor | None = None
     _flip_bits: tuple[int, torch.Tensor] | None = None
     _preflipped: bool = False
+    skipped: list[str] = field(default_factory=list)  # messages of bad records left out (data.bad_records=skip)
 
     def loader(self, sampler: EpochSampler, epoch: int, start_batch: int = 0) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         """Yield (uint8 images [B, 3, H, W], labels [B]) for batches `start_batch..` of `epoch`."""
@@ -77,10 +78,12 @@ class TrainData:
         dl = DataLoader(self.train, batch_sampler=requests, num_workers=self.num_workers,
                         persistent_workers=False, pin_memory=torch.cuda.is_available(),
                         collate_fn=collate_batch if batched else None)
-        for i, (x, y) in enumerate(dl):
+        for i, batch in enumerate(dl):
+            x, y = batch[0], batch[1]
             self._epoch, self._indices, self._preflipped = epoch, torch.tensor(batches[i]), batched
             if batched:  # [B, H, W, 3] -> an NCHW view in channels-last memory, no copy
                 x = x.permute(0, 3, 1, 2)
+                self.skipped.extend(batch[2])  # records left out (already mirrored: nothing else to align)
             yield x, y
 
     def flip_mask(self, epoch: int, indices: torch.Tensor) -> torch.Tensor:
@@ -139,7 +142,7 @@ def build_train_data(cfg: Config, runtime=None) -> TrainData:
         rec = Path(cfg.data.train)
         if not rec.exists():
             raise DataError(f"config key 'data.train': training set {str(rec)!r} does not exist")
-    train = RecordFaceDataset(str(rec), color="RGB")
+    train = RecordFaceDataset(str(rec), color="RGB", on_bad=cfg.data.bad_records)
     val_sets = {}
     for vp in val_paths:
         if not Path(vp).is_file():

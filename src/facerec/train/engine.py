@@ -183,9 +183,17 @@ def train_one_epoch(
     window_loss, window_n = 0.0, 0
     usable = (sampler.batches_per_epoch // accum) * accum  # a partial accumulation never crosses epochs
     loader = data.loader(sampler, state.epoch, start_batch=state.batch_in_epoch)
+    seen_bad = len(data.skipped)
     for x, y in loader:
         if state.step >= total_steps or state.batch_in_epoch >= usable:
             break
+        for message in data.skipped[seen_bad:]:  # data.bad_records=skip: say what was left out
+            console.print(f"[facerec] skipped a bad record: {message}")
+            metrics.log({"event": "bad_record", "step": state.step, "epoch": state.epoch, "error": message})
+        seen_bad = len(data.skipped)
+        if x.shape[0] == 0:  # every record of this batch was bad
+            state.batch_in_epoch += 1
+            continue
         x = data.to_input(x, pre, train=True).to(runtime.device, non_blocking=True)
         y = y.to(runtime.device, non_blocking=True)
         x = x.contiguous(memory_format=torch.channels_last if cfg.train.channels_last else torch.contiguous_format)
