@@ -28,6 +28,7 @@ class ModelConfig:
     embedding_size: int = 512
     input_size: tuple[int, int] = (112, 112)
     options: dict[str, Any] = field(default_factory=dict)
+    pretrained: str | None = None  # start from these weights (any format load_checkpoint reads)
 
 
 @dataclass

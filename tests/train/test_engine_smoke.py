@@ -168,3 +168,29 @@ def test_accumulation_leftover_micro_batches_do_not_leak_into_the_next_epoch(tin
     result = train(tiny_cfg("train.epochs=3", "train.grad_accum=4"), run, log=False)
     steps = [r for r in read_metrics(run) if "loss" in r]
     assert result.steps == 3 and [r["epoch"] for r in steps] == [0, 1, 2]
+
+
+def test_pretrained_backbone_is_loaded_and_checked(tmp_path):
+    from facerec.errors import ConfigError
+    from facerec.models import create_model, save_model
+    from facerec.train.engine import build_backbone
+
+    torch.manual_seed(0)
+    src = create_model("mobilefacenet", input_size=(32, 32), embedding_size=64, width_mult=0.25)
+    save_model(src, tmp_path / "w.pt")
+    ok = load_config(None, ["model.input_size=[32, 32]", "model.embedding_size=64",
+                            "model.options={width_mult: 0.25}", f"model.pretrained={tmp_path / 'w.pt'}"])
+    model = build_backbone(ok)
+    assert model.training and all(torch.equal(a, b) for a, b in zip(model.state_dict().values(),
+                                                                      src.state_dict().values()))
+    bad = load_config(None, ["model.input_size=[32, 32]", "model.embedding_size=128",
+                             f"model.pretrained={tmp_path / 'w.pt'}"])
+    with pytest.raises(ConfigError, match="model.pretrained"):
+        build_backbone(bad)
+
+
+def test_112x96_models_default_to_the_sphereface_template():
+    from facerec.models import create_model
+
+    assert create_model("mobilefacenet", input_size=(112, 96), embedding_size=128).preprocess.template == "sphereface"
+    assert create_model("mobilefacenet", input_size=(112, 112)).preprocess.template == "arcface"

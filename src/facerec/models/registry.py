@@ -38,6 +38,8 @@ def create_model(name: str, preprocess: Preprocess | dict | None = None, **kwarg
     if preprocess is None:
         d = dict(_DEFAULTS.get(arch, {}))
         d.setdefault("input_size", tuple(kwargs.get("input_size", (112, 112))))
+        h, w = d["input_size"]
+        d.setdefault("template", "sphereface" if w * 112 == h * 96 else "arcface")  # 112x96-shaped: SphereFace crops
         d.setdefault("embedding_size", int(getattr(model, "embedding_size", kwargs.get("embedding_size", 512))))
         preprocess = Preprocess(**d)
     elif isinstance(preprocess, dict):

@@ -62,8 +62,26 @@ class TrainResult:
 
 
 def build_backbone(cfg: Config) -> nn.Module:
+    """The backbone of `cfg.model`; with `model.pretrained`, those weights and their
+    preprocessing contract (the architecture must be the configured one)."""
     from facerec.models import create_model
 
+    if cfg.model.pretrained:
+        from facerec.errors import ConfigError
+        from facerec.models import load_checkpoint
+        from facerec.models.registry import MODELS, _ensure_builtin
+
+        model = load_checkpoint(cfg.model.pretrained)
+        _ensure_builtin()
+        want = MODELS.resolve(cfg.model.name)
+        got_size = tuple(model.preprocess.input_size)
+        if model.arch != want or got_size != tuple(cfg.model.input_size) or \
+                model.preprocess.embedding_size != cfg.model.embedding_size:
+            raise ConfigError(f"config key 'model.pretrained': {cfg.model.pretrained} is {model.arch} "
+                              f"{got_size[0]}x{got_size[1]} -> {model.preprocess.embedding_size}-d, the config says "
+                              f"{want} {cfg.model.input_size[0]}x{cfg.model.input_size[1]} -> "
+                              f"{cfg.model.embedding_size}-d")
+        return model.train()
     return create_model(
         cfg.model.name,
         embedding_size=cfg.model.embedding_size,
