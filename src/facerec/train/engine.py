@@ -311,6 +311,8 @@ def train(
         head = build_classifier(cfg, data.num_classes, runtime.world_size).to(runtime.device)
     optimizer = build_optimizer(cfg.optim, model, head)
     net, head_net = wrap_distributed(model, head, runtime)
+    if cfg.train.compile:  # the training forward only; evaluation and checkpoints use the plain module
+        net = torch.compile(net)
     sampler = EpochSampler(len(data.train), cfg.train.batch_size, seed=cfg.train.seed,
                            rank=runtime.rank, world_size=runtime.world_size)
     steps_per_epoch = sampler.batches_per_epoch // max(1, cfg.train.grad_accum)
