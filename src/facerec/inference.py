@@ -26,9 +26,9 @@ import torch
 from torch import nn
 
 from facerec.contract import Preprocess, Threshold
+from facerec.data.folder import DECODABLE_SUFFIXES as IMAGE_SUFFIXES
+from facerec.data.folder import find_images
 from facerec.errors import DataError, FacerecError
-
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".pgm", ".ppm", ".webp", ".tif", ".tiff")
 
 
 def load_model(path: str | Path, arch: str | None = None) -> nn.Module:
@@ -56,6 +56,11 @@ class Landmarks:
         from facerec.data.align import read_landmarks
 
         return cls(read_landmarks(path))
+
+    @classmethod
+    def of(cls, landmarks: "str | Path | Landmarks | None") -> "Landmarks | None":
+        """A `Landmarks` from a TSV path, or the given one (or None) unchanged."""
+        return cls.read(landmarks) if isinstance(landmarks, (str, Path)) else landmarks
 
     def digest(self) -> str:
         items = sorted((k, None if v is None else v.tolist()) for k, v in self.table.items())
@@ -111,10 +116,7 @@ class Gallery:
 
 def list_images(root: str | Path) -> list[Path]:
     """Image files under `root` (recursively, sorted)."""
-    root = Path(root)
-    if not root.is_dir():
-        raise DataError(f"gallery {str(root)!r} is not a directory")
-    return sorted(p for p in root.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+    return find_images(root, "gallery")
 
 
 def identity_of(path: Path, root: Path) -> str:
@@ -194,7 +196,7 @@ class Embedder:
     def embed(self, images: Sequence[str | Path | np.ndarray], landmarks: str | Path | Landmarks | None = None,
               progress: bool = False) -> EmbedResult:
         """Embeddings of the readable images; the others are listed in `failed` with the reason."""
-        lm = Landmarks.read(landmarks) if isinstance(landmarks, (str, Path)) else landmarks
+        lm = Landmarks.of(landmarks)
         ok_paths, failed, counts, chunks = [], [], {"landmarks": 0, "as_is": 0, "center_crop": 0}, []
         batch: list[np.ndarray] = []
         items = list(images)
@@ -268,7 +270,7 @@ class Embedder:
         files = list_images(root)
         if not files:
             raise DataError(f"gallery {str(root)!r} has no images ({', '.join(IMAGE_SUFFIXES)})")
-        lm = Landmarks.read(landmarks) if isinstance(landmarks, (str, Path)) else landmarks
+        lm = Landmarks.of(landmarks)
         stamp = {str(p.relative_to(root)): f"{p.stat().st_size}:{p.stat().st_mtime_ns}" for p in files}
         fp = self.fingerprint() + (f":{lm.digest()}" if lm else "")
         known: dict[str, np.ndarray] = {}
@@ -294,7 +296,7 @@ class Embedder:
                use_faiss: bool | None = None) -> list[Match]:
         """The `top` gallery identities most similar to the probe face (exact search; faiss's
         exact inner-product index when installed, same results)."""
-        lm = Landmarks.read(landmarks) if isinstance(landmarks, (str, Path)) else landmarks
+        lm = Landmarks.of(landmarks)
         q = self._embed_one(probe, lm)
         scores = _inner_products(q[None], gallery.embeddings, use_faiss)[0]
         order = np.argsort(-scores, kind="stable")

@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
+import sys
+import warnings
+from typing import Iterator
 
 
 def add_config_arguments(parser: argparse.ArgumentParser, config_required: bool = True) -> None:
@@ -14,3 +18,14 @@ def add_config_arguments(parser: argparse.ArgumentParser, config_required: bool 
         "--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE",
         help="override a config value, e.g. --set train.epochs=2 (repeatable)",
     )
+
+
+@contextlib.contextmanager
+def warnings_to_stderr() -> Iterator[None]:
+    """Collect the warnings raised inside and print each as `warning: ...` on stderr afterwards
+    (after a progress bar has finished, not through it)."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        yield
+    for w in caught:
+        print(f"warning: {w.message}", file=sys.stderr)

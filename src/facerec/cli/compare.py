@@ -4,7 +4,6 @@ the threshold stored with the model (stating which)."""
 from __future__ import annotations
 
 import argparse
-import sys
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -18,15 +17,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    import warnings
-
+    from facerec.cli.common import warnings_to_stderr
     from facerec.inference import Embedder
 
     embedder = Embedder(args.model, flip=args.flip, threshold=args.threshold, arch=args.arch)
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
+    with warnings_to_stderr():
         result = embedder.compare(args.a, args.b, args.landmarks)
-    for w in caught:
-        print(f"warning: {w.message}", file=sys.stderr)
     print(result.describe())
     return 0

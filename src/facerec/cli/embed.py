@@ -23,20 +23,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     import io
-    import warnings
-
     import numpy as np
 
+    from facerec.cli.common import warnings_to_stderr
     from facerec.inference import Embedder, expand_inputs
     from facerec.io import atomic_write_bytes, atomic_write_text
 
     embedder = Embedder(args.model, flip=args.flip, batch_size=args.batch_size, arch=args.arch)
     files = expand_inputs(args.inputs)
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
+    with warnings_to_stderr():
         result = embedder.embed(files, args.landmarks, progress=not args.no_progress)
-    for w in caught:
-        print(f"warning: {w.message}", file=sys.stderr)
     for path, reason in result.failed:
         print(f"failed: {reason}", file=sys.stderr)
     buf = io.BytesIO()

@@ -44,14 +44,15 @@ def run(args: argparse.Namespace) -> int:
     if args.parity_images:
         import numpy as np
 
-        from facerec.inference import Embedder, expand_inputs
+        from facerec.inference import Embedder, Landmarks, expand_inputs
 
         files = expand_inputs(args.parity_images)[: args.max_parity_images]
         result_crops, used = [], []
         embedder = Embedder(model)
+        landmarks = Landmarks.of(args.landmarks)  # read once, not per image
         for f in files:
             try:
-                crop, _ = embedder.prepare(f, _landmarks(args.landmarks))
+                crop, _ = embedder.prepare(f, landmarks)
             except DataError as exc:
                 print(f"skipped {exc}")
                 continue
@@ -69,10 +70,3 @@ def run(args: argparse.Namespace) -> int:
         atomic_write_text(args.json, json.dumps(report.to_dict(), indent=2))
     return 0
 
-
-def _landmarks(path):
-    if path is None:
-        return None
-    from facerec.inference import Landmarks
-
-    return Landmarks.read(path)

@@ -23,20 +23,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    import warnings
-
+    from facerec.cli.common import warnings_to_stderr
     from facerec.eval.identification import folder_protocol, megaface_evaluate, read_noise_list
     from facerec.inference import Embedder
     from facerec.io import atomic_write_text
 
     probes, labels, distractors = folder_protocol(args.images)
     embedder = Embedder(args.model, flip=args.flip, arch=args.arch)
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
+    with warnings_to_stderr():
         p = embedder.embed(probes, args.landmarks, progress=True)
         d = embedder.embed(distractors, args.landmarks, progress=True)
-    for w in caught:
-        print(f"warning: {w.message}", file=sys.stderr)
     for path, reason in p.failed + d.failed:
         print(f"skipped: {reason}", file=sys.stderr)
     ok = {s: i for i, s in enumerate(map(str, probes))}

@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 
 
@@ -21,19 +20,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    import warnings
-
+    from facerec.cli.common import warnings_to_stderr
     from facerec.inference import Embedder, Landmarks
 
     embedder = Embedder(args.model, flip=args.flip, arch=args.arch)
     cache = None if args.cache == "none" else Path(args.cache or Path(args.gallery) / ".facerec-gallery.npz")
-    landmarks = Landmarks.read(args.landmarks) if args.landmarks else None
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
+    landmarks = Landmarks.of(args.landmarks)
+    with warnings_to_stderr():
         gallery = embedder.index_gallery(args.gallery, landmarks, cache=cache, progress=True)
         matches = embedder.search(args.probe, gallery, top=args.top, landmarks=landmarks)
-    for w in caught:
-        print(f"warning: {w.message}", file=sys.stderr)
     print(f"gallery: {len(set(gallery.identities))} identities, {len(gallery.paths)} images"
           + (f" (index {cache})" if cache else ""))
     thr = embedder.threshold

@@ -140,14 +140,13 @@ def align_folder(
 
     if missing not in ("skip", "center", "error"):
         raise ValueError(f"missing must be skip, center or error, got {missing!r}")
+    from facerec.data.folder import find_images
+
     root, out = Path(root), Path(out)
-    if not root.is_dir():
-        raise DataError(f"image root {str(root)!r} is not a directory")
+    files = find_images(root, "image root")
     table = read_landmarks(landmarks)
     out_size = size or _BASE[template][1]
-    suffixes = {".jpg", ".jpeg", ".png", ".bmp", ".pgm", ".ppm", ".webp", ".tif", ".tiff"}
     counts = {"aligned": 0, "center_cropped": 0, "skipped": 0}
-    files = sorted(p for p in root.rglob("*") if p.suffix.lower() in suffixes and p.is_file())
     if not files:
         raise DataError(f"{root}: no images")
     for p in files:

@@ -60,14 +60,8 @@ class RecordFaceDataset(Dataset):
         skipped: list[str] = []
         n = 0
         for i, flip in items:
-            key = int(self.keys[i])
-            where = f"{self.reader.rec_path} (key {key})"
             try:
-                header, payload = unpack(self.reader.read(key), where)
-                label = record_label(header)
-                if label != self.labels[i]:
-                    raise DataError(f"{where}: record label {label} disagrees with its identity record "
-                                    f"({self.labels[i]})")
+                label, payload, where = self._record(i)
                 if out is None:  # the first good image fixes the batch's size
                     first = decode_image(payload, self.color, where)
                     out = np.empty((len(items), *first.shape), dtype=np.uint8)
@@ -88,13 +82,18 @@ class RecordFaceDataset(Dataset):
             return torch.empty(0, 0, 0, 3, dtype=torch.uint8), torch.empty(0, dtype=torch.int64), skipped
         return torch.from_numpy(out[:n]), torch.from_numpy(labels[:n]), skipped
 
-    def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
+    def _record(self, i: int) -> tuple[int, bytes, str]:
+        """(label, image bytes, "file (key k)" for messages) of sample `i`, its label checked."""
         key = int(self.keys[i])
         where = f"{self.reader.rec_path} (key {key})"
         header, payload = unpack(self.reader.read(key), where)
         label = record_label(header)
         if label != self.labels[i]:
             raise DataError(f"{where}: record label {label} disagrees with its identity record ({self.labels[i]})")
+        return label, payload, where
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
+        label, payload, where = self._record(i)
         img = decode_image(payload, self.color, where)
         return torch.from_numpy(np.ascontiguousarray(img.transpose(2, 0, 1))), label
 

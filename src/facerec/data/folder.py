@@ -14,7 +14,18 @@ from typing import Callable, Iterator
 
 from facerec.errors import DataError
 
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".pgm", ".webp"}
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".pgm", ".webp"}  # what `list` / `pack` take
+# what alignment and inference read (Pillow decodes these too)
+DECODABLE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".pgm", ".ppm", ".webp", ".tif", ".tiff")
+
+
+def find_images(root: str | Path, what: str = "image folder") -> list[Path]:
+    """Image files (`DECODABLE_SUFFIXES`) anywhere below `root`, sorted; `what` names the
+    folder in the error when it is not a directory."""
+    r = Path(root)
+    if not r.is_dir():
+        raise DataError(f"{what} {str(r)!r} is not a directory")
+    return sorted(p for p in r.rglob("*") if p.suffix.lower() in DECODABLE_SUFFIXES and p.is_file())
 
 
 @dataclass(frozen=True)

@@ -23,30 +23,29 @@ def to_model_input(
     `flip`, or exactly where `flip_mask` [B] (bool) is True."""
     if x.dtype != torch.uint8 or x.ndim != 4 or x.shape[1] != 3:
         raise ValueError(f"expected a uint8 batch [B, 3, H, W], got {x.dtype} {tuple(x.shape)}")
-    nhwc = x.permute(0, 2, 3, 1)
-    if not x.is_contiguous() and nhwc.is_contiguous():  # channels-last batch: work on [B, H, W, C]
-        if flip or flip_mask is not None:
-            mask = flip_mask if flip_mask is not None else torch.rand(x.shape[0], generator=generator) < 0.5
-            idx = torch.nonzero(mask, as_tuple=True)[0]
-            if idx.numel():  # numpy on 3-byte pixels: torch.flip over channels-last uint8 is very slow
-                arr = nhwc.numpy().copy()
-                pixels = arr.view(np.dtype("V3")).reshape(arr.shape[:3])
-                pixels[idx.numpy()] = pixels[idx.numpy()][:, :, ::-1]
-                nhwc = torch.from_numpy(arr)
-        out = torch.empty(nhwc.shape, dtype=torch.float32)
-        for i in range(0, out.shape[0], _CHUNK):  # a few images at a time: convert + normalise in cache
-            _normalise_(out[i : i + _CHUNK].copy_(nhwc[i : i + _CHUNK]), mean, std, channel_dim=3)
-        return out.permute(0, 3, 1, 2)
+    idx = None
     if flip or flip_mask is not None:
         mask = flip_mask if flip_mask is not None else torch.rand(x.shape[0], generator=generator) < 0.5
         idx = torch.nonzero(mask, as_tuple=True)[0]
-        if idx.numel():  # mirror the chosen images on uint8 (a quarter of the bytes of float)
+        idx = idx if idx.numel() else None
+    nhwc = x.permute(0, 2, 3, 1)
+    channels_last = not x.is_contiguous() and nhwc.is_contiguous()
+    if channels_last:  # work on [B, H, W, C]
+        if idx is not None:  # numpy on 3-byte pixels: torch.flip over channels-last uint8 is very slow
+            arr = nhwc.numpy().copy()
+            pixels = arr.view(np.dtype("V3")).reshape(arr.shape[:3])
+            pixels[idx.numpy()] = pixels[idx.numpy()][:, :, ::-1]
+            nhwc = torch.from_numpy(arr)
+        src, channel_dim = nhwc, 3
+    else:
+        if idx is not None:  # mirror the chosen images on uint8 (a quarter of the bytes of float)
             x = x.clone()
             x[idx] = x[idx].flip(-1)
-    out = torch.empty(x.shape, dtype=torch.float32)
-    for i in range(0, out.shape[0], _CHUNK):  # one conversion pass, then in place, a few images at a time
-        _normalise_(out[i : i + _CHUNK].copy_(x[i : i + _CHUNK]), mean, std, channel_dim=1)
-    return out
+        src, channel_dim = x, 1
+    out = torch.empty(src.shape, dtype=torch.float32)
+    for i in range(0, out.shape[0], _CHUNK):  # convert + normalise a few images at a time, in cache
+        _normalise_(out[i : i + _CHUNK].copy_(src[i : i + _CHUNK]), mean, std, channel_dim)
+    return out.permute(0, 3, 1, 2) if channels_last else out
 
 
 def _normalise_(out: torch.Tensor, mean: Sequence[float], std: Sequence[float], channel_dim: int) -> torch.Tensor:

@@ -56,10 +56,16 @@ class NormLinear(nn.Module):
         return self.subcenter_cosines(embeddings).amax(dim=2)
 
 
+def add_extra_loss(margin: nn.Module, loss: torch.Tensor, norms: torch.Tensor) -> torch.Tensor:
+    """`loss` plus the margin's `extra_loss(norms)` if it has one (MagFace's magnitude regulariser);
+    `norms` of the rows that count (labels != -1)."""
+    extra = getattr(margin, "extra_loss", None)
+    return loss + extra(norms) if extra is not None else loss
+
+
 def _margin_loss(margin: nn.Module, cosine: torch.Tensor, labels: torch.Tensor, norms: torch.Tensor) -> torch.Tensor:
     loss = F.cross_entropy(margin(cosine, labels, norms), labels, ignore_index=-1)
-    extra = getattr(margin, "extra_loss", None)  # e.g. MagFace's magnitude regulariser
-    return loss + extra(norms[labels >= 0]) if extra is not None else loss
+    return add_extra_loss(margin, loss, norms[labels >= 0])
 
 
 class FullFC(nn.Module):

@@ -19,6 +19,8 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
+from facerec.heads.fc import add_extra_loss, init_centres, pool_subcenters
+
 
 def _world() -> tuple[int, int]:
     if dist.is_available() and dist.is_initialized():
@@ -182,8 +184,6 @@ class PartialFC(nn.Module):
         self.sub_centers, self.sparse_grad, self.chunk_size = sub_centers, sparse_grad, chunk_size
         self.num_sample = max(1, int(math.ceil(sample_rate * self.num_local)))
         self.margin = margin
-        from facerec.heads.fc import init_centres
-
         k = sub_centers  # this rank's rows of the matrix a single process would draw
         self.weight = nn.Parameter(init_centres(num_classes * k, embedding_size, self.class_start * k,
                                                 (self.class_start + self.num_local) * k))
@@ -219,9 +219,7 @@ class PartialFC(nn.Module):
             k = self.sub_centers
             rows = index if k == 1 else (index.unsqueeze(1) * k + torch.arange(k, device=index.device)).view(-1)
             cos = _SampledCosine.apply(F.normalize(emb, dim=1), self.weight, rows, self.sparse_grad, self.chunk_size)
-            if k > 1:
-                cos = cos.view(cos.shape[0], -1, k).amax(dim=2)
+            cos = pool_subcenters(cos, k)
             norms = emb.norm(dim=1)
             loss = _DistCrossEntropy.apply(self.margin(cos, local, norms), local, valid)
-            extra = getattr(self.margin, "extra_loss", None)  # e.g. MagFace's magnitude regulariser
-            return loss + extra(norms[valid]) if extra is not None else loss
+            return add_extra_loss(self.margin, loss, norms[valid])

@@ -23,7 +23,7 @@ from facerec.config import Config, save_config
 from facerec.errors import FacerecError
 from facerec.train import checkpoint as ckpt
 from facerec.train.data import TrainData, build_train_data, EpochSampler
-from facerec.train.optim import build_optimizer, build_scheduler, clip_gradients
+from facerec.train.optim import build_optimizer, build_scheduler, clip_gradients, grad_values
 from facerec.train.runtime import Runtime
 from facerec.train.trackers import (Console, JsonlLogger, MultiLogger, TensorBoardLogger, Throughput, VisdomLogger,
                                      format_duration)
@@ -166,7 +166,7 @@ def _step_is_finite(loss: torch.Tensor, params: list[torch.Tensor]) -> bool:
         return False
     for p in params:
         g = p.grad
-        if g is not None and not torch.isfinite(g.coalesce().values() if g.is_sparse else g).all():
+        if g is not None and not torch.isfinite(grad_values(g)).all():
             return False
     return True
 
@@ -386,7 +386,6 @@ def _evaluate_and_track(model, data, cfg, runtime, state, metrics, console, savi
     improved = False
     if runtime.is_main:
         val = evaluate(model, data, cfg, runtime)
-        improved = False
         for name, r in val.items():
             console.print(f"[val] step {state.step} {name}: accuracy {100 * r['accuracy']:.2f} "
                           f"+- {100 * r['accuracy_std']:.2f} (threshold {r['threshold']:.2f})")

@@ -155,6 +155,11 @@ def build_scheduler(
     )
 
 
+def grad_values(g: torch.Tensor) -> torch.Tensor:
+    """The stored values of a gradient: itself if dense, the non-zero rows if row-sparse."""
+    return g.coalesce().values() if g.is_sparse else g
+
+
 def clip_gradients(params: Iterable[torch.Tensor], max_norm: float | None,
                    sharded: Iterable[torch.Tensor] = ()) -> float | None:
     """Scale all gradients so their global L2 norm is at most `max_norm`; returns the norm
@@ -167,7 +172,7 @@ def clip_gradients(params: Iterable[torch.Tensor], max_norm: float | None,
     shard_ids = {id(p) for p in sharded}
 
     def sq(g: torch.Tensor) -> torch.Tensor:
-        return (g.coalesce().values() if g.is_sparse else g).float().pow(2).sum()
+        return grad_values(g).float().pow(2).sum()
 
     zero = torch.zeros((), dtype=torch.float32)
     local = sum((sq(p.grad).cpu() for p in params if p.grad is not None and id(p) not in shard_ids), zero)
