@@ -101,3 +101,74 @@ def test_bad_records_are_errors_by_default_and_skipped_on_request(rec, tmp_path)
     assert result.steps == 3
     events = [line for line in (run / "metrics.jsonl").read_text().splitlines() if "bad_record" in line]
     assert len(events) == 1 and "key 5" in events[0]
+
+
+CONTRACTS = [
+    Preprocess(input_size=(40, 40)),
+    Preprocess(input_size=(40, 40), mean=(127.5, 120.0, 110.0), std=(128.0, 127.0, 126.0)),
+    Preprocess(input_size=(40, 40), color="BGR", mean=(127.5,) * 3, std=(128.0,) * 3),
+    Preprocess(input_size=(112, 96), template="sphereface"),  # the central columns of 112x112 crops
+    Preprocess(input_size=(32, 32)),  # needs a resize: converted on the whole batch instead
+]
+
+
+@pytest.mark.parametrize("opencv", [True, False], ids=["opencv", "no-opencv"])
+@pytest.mark.parametrize("pre", CONTRACTS, ids=["default", "per-channel", "bgr", "sphereface-crop", "resize"])
+@pytest.mark.parametrize("workers", [0, 1])
+def test_model_ready_batches_equal_the_uint8_batches_converted_after(rec, pre, workers, opencv, monkeypatch):
+    import facerec.data.dataset as dataset_mod
+    import facerec.data.transforms as transforms_mod
+
+    if not opencv:
+        monkeypatch.setattr(transforms_mod, "_opencv", lambda: None)
+        monkeypatch.setattr(dataset_mod, "_opencv", lambda: None)
+    elif transforms_mod._opencv() is None:
+        pytest.skip("OpenCV is not installed")
+    if pre.input_size == (112, 96):
+        samples = [(i // 4, encode_jpeg(render_image(0, i // 4, i % 4, size=112))) for i in range(12)]
+        write_face_rec(rec, samples)
+    data = TrainData(train=RecordFaceDataset(rec), num_classes=6, num_workers=workers, seed=5)
+    sampler = EpochSampler(len(data.train), 4, seed=5)
+    ref_data = TrainData(train=RecordFaceDataset(rec), num_classes=6, num_workers=0, seed=5)
+    refs = [(ref_data.to_input(u, pre, train=True), v) for u, v in ref_data.loader(sampler, 1)]
+    converted_after = []
+    original = TrainData.to_input
+    monkeypatch.setattr(TrainData, "to_input", lambda *a, **k: converted_after.append(1) or original(*a, **k))
+    n = 0
+    for (x, y), (ref, v) in zip(data.loader(sampler, 1, preprocess=pre), refs):
+        assert x.dtype == torch.float32 and x.shape == ref.shape == (4, 3, *pre.input_size)
+        assert torch.equal(x, ref) and torch.equal(y, v)
+        assert x.is_contiguous(memory_format=torch.channels_last)
+        n += 1
+    assert n == sampler.batches_per_epoch
+    needs_resize = pre.input_size == (32, 32)
+    assert bool(converted_after) == needs_resize  # else every image was converted while decoded
+
+
+def test_mirroring_in_the_converter_is_a_left_right_flip(monkeypatch):
+    import facerec.data.transforms as transforms_mod
+    from facerec.data.transforms import InputFormat, PixelConverter
+
+    img = np.random.default_rng(0).integers(0, 256, (6, 7, 3), dtype=np.uint8)
+    for cv in (transforms_mod._opencv(), None):
+        monkeypatch.setattr(transforms_mod, "_opencv", lambda cv=cv: cv)
+        conv = PixelConverter(InputFormat("RGB", (0.0,) * 3, (1.0,) * 3))
+        assert np.array_equal(conv.mirror(img), img[:, ::-1])
+        out = np.empty((6, 7, 3), np.float32)
+        conv.convert(img, out)
+        assert np.array_equal(out, img.astype(np.float32))
+
+
+def test_record_views_equal_copies_also_for_split_records(tmp_path):
+    from facerec.data.recordio import MAGIC, RecordIOReader, RecordIOWriter
+
+    magic = MAGIC.to_bytes(4, "little")
+    payloads = [b"abcd" * 5, b"wxyz" + magic + b"1234" + magic, b"tail"]
+    with RecordIOWriter(tmp_path / "r.rec") as w:
+        for k, p in enumerate(payloads):
+            w.write(k, p)
+    r = RecordIOReader(tmp_path / "r.rec")
+    for k, p in enumerate(payloads):
+        assert bytes(r.read_view(k)) == r.read(k) == p
+    with pytest.raises(DataError, match="no record with key 9"):
+        r.read_view(9)

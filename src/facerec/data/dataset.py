@@ -6,9 +6,11 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from torch.utils.data import Dataset
+from torch.utils.data import Dataset, get_worker_info
 
 from facerec.data.decode import decode_image, decode_into
+from facerec.data.shared_batches import SharedBatchPool
+from facerec.data.transforms import InputFormat, PixelConverter, _opencv
 from facerec.data.recordio import RecordIOReader, read_face_layout, record_label, unpack
 from facerec.errors import DataError
 
@@ -52,41 +54,66 @@ class RecordFaceDataset(Dataset):
         """A whole batch at once (what DataLoader calls with a batch sampler): images decoded
         straight into one `[B, H, W, 3]` uint8 array (channels-last, no per-image copies),
         labels `[B]`, and the messages of records skipped under `on_bad="skip"`. An entry may be
-        `(index, flip)`: the image is then mirrored here, in the worker, on its own row (cheap
-        while it is in cache). Use `collate_batch` as the DataLoader's `collate_fn`."""
+        `(index, flip)`: the image is then mirrored here, in the worker. Use `collate_batch` as
+        the DataLoader's `collate_fn`."""
+        return self.read_batch(indices)
+
+    def read_batch(self, indices: list, fmt: InputFormat | None = None, convert: bool = True,
+                   pool: SharedBatchPool | None = None) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
+        """`__getitems__`, optionally ready for the model: with `fmt` each image is decoded in
+        `fmt.color`, mirrored, cropped and normalised while it is in cache, into one float32
+        `[B, H, W, 3]` array (`convert=False`: decoded in `fmt.color` and mirrored, uint8, for
+        `convert_batch` in another process). Inside a DataLoader worker the batch is in shared
+        memory from the start, from `pool` if given (then `release` it after use)."""
         items = [(int(i[0]), bool(i[1])) if isinstance(i, (tuple, list)) else (int(i), False) for i in indices]
+        color = fmt.color if fmt is not None else self.color
+        if not convert:
+            fmt = None
+        convert = PixelConverter(fmt) if fmt is not None else None
         out: np.ndarray | None = None
+        storage: torch.Tensor | None = None
+        scratch: np.ndarray | None = None
         labels = np.empty(len(items), dtype=np.int64)
         skipped: list[str] = []
         n = 0
         for i, flip in items:
             try:
-                label, payload, where = self._record(i)
+                label, payload, where = self._record(i, view=True)
                 if out is None:  # the first good image fixes the batch's size
-                    first = decode_image(payload, self.color, where)
-                    out = np.empty((len(items), *first.shape), dtype=np.uint8)
-                    out[0] = first
+                    scratch = decode_image(payload, color, where)
+                    if not scratch.flags.writeable:  # Pillow's arrays may be read-only views
+                        scratch = scratch.copy()
+                    shape = scratch.shape if fmt is None else fmt.output_shape(*scratch.shape[:2])
+                    storage, out = _batch_array((len(items), *shape), np.float32 if fmt is not None else np.uint8, pool)
+                    img = scratch
+                    if fmt is None:
+                        out[0] = scratch
+                        img = out[0]
                 else:
-                    decode_into(payload, out[n], self.color, where)
+                    img = out[n] if fmt is None else scratch
+                    decode_into(payload, img, color, where)
             except DataError as exc:
                 if self.on_bad != "skip":
                     raise
                 skipped.append(str(exc))
                 continue
-            if flip:
-                row = out[n].view(np.dtype("V3")).reshape(out.shape[1:3])  # 3-byte pixels: fast mirroring
-                row[...] = row[:, ::-1]
+            if convert is None:
+                if flip:
+                    img[...] = _mirror(img)
+            else:
+                convert.convert(convert.mirror(img) if flip else img, out[n])
             labels[n] = label
             n += 1
         if out is None:
             return torch.empty(0, 0, 0, 3, dtype=torch.uint8), torch.empty(0, dtype=torch.int64), skipped
-        return torch.from_numpy(out[:n]), torch.from_numpy(labels[:n]), skipped
+        return storage[:n], torch.from_numpy(labels[:n]), skipped
 
-    def _record(self, i: int) -> tuple[int, bytes, str]:
-        """(label, image bytes, "file (key k)" for messages) of sample `i`, its label checked."""
+    def _record(self, i: int, view: bool = False) -> tuple[int, bytes, str]:
+        """(label, image bytes, "file (key k)" for messages) of sample `i`, its label checked;
+        `view`: the bytes as a view into the mapped file, not a copy."""
         key = int(self.keys[i])
         where = f"{self.reader.rec_path} (key {key})"
-        header, payload = unpack(self.reader.read(key), where)
+        header, payload = unpack(self.reader.read_view(key) if view else self.reader.read(key), where)
         label = record_label(header)
         if label != self.labels[i]:
             raise DataError(f"{where}: record label {label} disagrees with its identity record ({self.labels[i]})")
@@ -96,6 +123,36 @@ class RecordFaceDataset(Dataset):
         label, payload, where = self._record(i)
         img = decode_image(payload, self.color, where)
         return torch.from_numpy(np.ascontiguousarray(img.transpose(2, 0, 1))), label
+
+
+def _batch_array(shape: tuple[int, ...], dtype, pool: SharedBatchPool | None = None) -> tuple[torch.Tensor, np.ndarray]:
+    """An uninitialised batch as a tensor and a numpy view of it; inside a DataLoader worker its
+    memory is shared from the start (what default collation does), so sending it is free."""
+    if get_worker_info() is not None:
+        t = (pool or SharedBatchPool(size=0)).take(shape, dtype)
+    else:
+        t = torch.from_numpy(np.empty(shape, dtype))
+    return t, t.numpy()
+
+
+def convert_batch(x: torch.Tensor, fmt: InputFormat) -> torch.Tensor:
+    """uint8 [B, H, W, 3] (decoded in `fmt.color`, already mirrored) -> float32 [B, H, W', 3]
+    cropped and normalised per `fmt`, one image at a time (each in cache once)."""
+    convert = PixelConverter(fmt)
+    arr = x.numpy()
+    out = np.empty((x.shape[0], *fmt.output_shape(x.shape[1], x.shape[2])), np.float32)
+    for n in range(x.shape[0]):
+        convert.convert(arr[n], out[n])
+    return torch.from_numpy(out)
+
+
+def _mirror(img: np.ndarray) -> np.ndarray:
+    """A mirrored copy of one uint8 [H, W, 3] image (OpenCV when installed, else numpy on
+    3-byte pixels)."""
+    cv2 = _opencv()
+    if cv2 is not None:
+        return cv2.flip(img, 1)
+    return np.ascontiguousarray(img.view(np.dtype("V3"))[:, ::-1]).view(np.uint8).reshape(img.shape)
 
 
 def collate_batch(batch):

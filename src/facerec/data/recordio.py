@@ -13,6 +13,7 @@ one record per identity (label `[first_image, end_image)`) after them.
 
 from __future__ import annotations
 
+import mmap
 import os
 import struct
 from dataclasses import dataclass
@@ -27,6 +28,7 @@ MAGIC = 0xCED7230A
 _MAGIC_BYTES = struct.pack("<I", MAGIC)
 _HEADER = struct.Struct("<IfQQ")
 _LEN_MASK = (1 << 29) - 1
+_FRAME = struct.Struct("<II")
 
 
 @dataclass(frozen=True)
@@ -179,10 +181,12 @@ class RecordIOReader:
         self.keys = sorted(self.index)
         self._fh: BinaryIO | None = None
         self._pid = -1
+        self._mm: mmap.mmap | None = None
+        self._mm_pid = -1
 
     def __getstate__(self) -> dict:
         d = dict(self.__dict__)
-        d["_fh"], d["_pid"] = None, -1
+        d["_fh"], d["_pid"], d["_mm"], d["_mm_pid"] = None, -1, None, -1
         return d
 
     def _handle(self) -> BinaryIO:
@@ -199,7 +203,37 @@ class RecordIOReader:
             raise DataError(f"{self.rec_path}: no record with key {key}")
         return _read_framed(self._handle(), self.index[key], f"{self.rec_path} (key {key})")
 
+    def read_view(self, key: int) -> memoryview | bytes:
+        """The record at `key` without copying it: a view into the memory-mapped file (bytes for
+        records split around an embedded magic word, which need joining). What the training
+        loader reads; the view is valid while the reader is open."""
+        offset = self.index.get(key)
+        if offset is None:
+            raise DataError(f"{self.rec_path}: no record with key {key}")
+        mm = self._mapped()
+        if mm is None:
+            return self.read(key)
+        magic, lrec = _FRAME.unpack_from(mm, offset)
+        length = lrec & _LEN_MASK
+        if magic != MAGIC or lrec >> 29 != 0 or offset + 8 + length > self.size:
+            return self.read(key)  # split, corrupt or truncated: the careful reader joins or explains
+        return memoryview(mm)[offset + 8 : offset + 8 + length]
+
+    def _mapped(self) -> mmap.mmap | None:
+        if self._mm is None or self._mm_pid != os.getpid():
+            if self.size == 0:
+                return None
+            self._mm = mmap.mmap(self._handle().fileno(), 0, access=mmap.ACCESS_READ)
+            self._mm_pid = os.getpid()
+        return self._mm
+
     def close(self) -> None:
+        if self._mm is not None:
+            try:
+                self._mm.close()
+            except BufferError:  # a view handed out is still alive; the map goes with it
+                pass
+            self._mm = None
         if self._fh is not None:
             self._fh.close()
             self._fh = None

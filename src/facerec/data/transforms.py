@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Sequence
 
 import numpy as np
@@ -30,7 +31,7 @@ def to_model_input(
         idx = idx if idx.numel() else None
     nhwc = x.permute(0, 2, 3, 1)
     channels_last = not x.is_contiguous() and nhwc.is_contiguous()
-    if channels_last:  # work on [B, H, W, C]
+    if channels_last and x.device.type == "cpu":  # work on [B, H, W, C]
         if idx is not None:  # numpy on 3-byte pixels: torch.flip over channels-last uint8 is very slow
             arr = nhwc.numpy().copy()
             pixels = arr.view(np.dtype("V3")).reshape(arr.shape[:3])
@@ -38,11 +39,13 @@ def to_model_input(
             nhwc = torch.from_numpy(arr)
         src, channel_dim = nhwc, 3
     else:
+        channels_last = False
         if idx is not None:  # mirror the chosen images on uint8 (a quarter of the bytes of float)
             x = x.clone()
+            idx = idx.to(x.device)
             x[idx] = x[idx].flip(-1)
         src, channel_dim = x, 1
-    out = torch.empty(src.shape, dtype=torch.float32)
+    out = torch.empty(src.shape, dtype=torch.float32, device=src.device)
     for i in range(0, out.shape[0], _CHUNK):  # convert + normalise a few images at a time, in cache
         _normalise_(out[i : i + _CHUNK].copy_(src[i : i + _CHUNK]), mean, std, channel_dim)
     return out.permute(0, 3, 1, 2) if channels_last else out
@@ -55,6 +58,79 @@ def _normalise_(out: torch.Tensor, mean: Sequence[float], std: Sequence[float], 
         return out.sub_(float(mean[0])).div_(float(std[0]))
     shape = [1] * out.ndim
     shape[channel_dim] = 3
-    m = torch.tensor(mean, dtype=torch.float32).view(shape)
-    s = torch.tensor(std, dtype=torch.float32).view(shape)
+    m = torch.tensor(mean, dtype=torch.float32, device=out.device).view(shape)
+    s = torch.tensor(std, dtype=torch.float32, device=out.device).view(shape)
     return out.sub_(m).div_(s)
+
+
+@dataclass(frozen=True)
+class InputFormat:
+    """What the model takes, applied per image while it is in cache: decode in `color` order,
+    keep `columns` (lo, hi) of each row (a 112x112 ArcFace crop for a 112x96 SphereFace-contract
+    model), then (x - mean) / std as float32. Equal, bit for bit, to `fit_to_contract` +
+    `to_model_input` on the whole batch."""
+
+    color: str
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+    columns: tuple[int, int] | None = None
+
+    @classmethod
+    def for_model(cls, pre, height: int, width: int) -> "InputFormat | None":
+        """The format for a `Preprocess` contract and stored images of `height` x `width`; None
+        when the contract needs a resize (that path stays on whole batches)."""
+        h, w = pre.input_size
+        if (height, width) == (h, w):
+            return cls(pre.color, tuple(pre.mean), tuple(pre.std))
+        if pre.template == "sphereface" and height == h and width == height and w * 112 == width * 96:
+            lo = (width - w) // 2
+            return cls(pre.color, tuple(pre.mean), tuple(pre.std), (lo, lo + w))
+        return None
+
+    def output_shape(self, height: int, width: int) -> tuple[int, int, int]:
+        lo, hi = self.columns if self.columns is not None else (0, width)
+        return height, hi - lo, 3
+
+
+class PixelConverter:
+    """uint8 [H, W, 3] images -> mirrored and normalised float32 rows of a batch, one image at a
+    time. With OpenCV: `cv2.flip` and a 256-entry lookup table per channel (one pass, and the
+    table holds exactly the values `(x - mean) / std` computes); without it, torch ops."""
+
+    def __init__(self, fmt: InputFormat) -> None:
+        self.fmt = fmt
+        self._cv2 = _opencv()
+        values = torch.arange(256, dtype=torch.float32).view(256, 1).expand(256, 3).contiguous()
+        table = _normalise_(values, fmt.mean, fmt.std, channel_dim=1).numpy()
+        uniform = len(set(fmt.mean)) == 1 and len(set(fmt.std)) == 1
+        self._lut = np.ascontiguousarray(table[:, :1] if uniform else table).reshape(256, 1, -1)
+        self._scratch: np.ndarray | None = None
+
+    def mirror(self, img: np.ndarray) -> np.ndarray:
+        """The image mirrored left-right (into a reused buffer: valid until the next call)."""
+        if self._scratch is None or self._scratch.shape != img.shape:
+            self._scratch = np.empty_like(img)
+        if self._cv2 is not None:
+            self._cv2.flip(img, 1, dst=self._scratch)
+        else:  # 3-byte pixels: numpy mirrors them much faster than per-byte strides
+            self._scratch.view(np.dtype("V3"))[..., 0] = img.view(np.dtype("V3"))[:, ::-1, 0]
+        return self._scratch
+
+    def convert(self, img: np.ndarray, out: np.ndarray) -> None:
+        """Normalise uint8 `img` [H, W, 3] (after the column crop) into float32 `out`."""
+        if self.fmt.columns is not None:
+            img = img[:, self.fmt.columns[0] : self.fmt.columns[1]]
+        if self._cv2 is not None:
+            self._cv2.LUT(img if img.flags.c_contiguous else np.ascontiguousarray(img), self._lut, dst=out)
+        else:
+            _normalise_(torch.from_numpy(out).copy_(torch.from_numpy(np.ascontiguousarray(img))),
+                        self.fmt.mean, self.fmt.std, channel_dim=2)
+
+
+def _opencv():
+    try:
+        import cv2  # type: ignore[import-not-found]
+
+        return cv2
+    except ImportError:
+        return None
