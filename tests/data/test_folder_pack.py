@@ -63,3 +63,47 @@ def test_pack_real_faces_aligned_with_landmarks(shared_data, tmp_path):
     assert len(ds) == 6 and ds.num_classes == 3
     x, y = ds[0]
     assert tuple(x.shape) == (3, 112, 112) and y == 0
+
+
+def test_folder_and_list_datasets_equal_the_packed_rec(tree, tmp_path):
+    """A folder tree, its list file and the `.rec` packed from it give the same samples."""
+    import torch
+
+    from facerec.data.dataset import ImageListDataset, RecordFaceDataset
+    from facerec.data.folder import pack_list, write_list
+
+    entries = scan_folder(tree)
+    write_list(entries, tree / "train.lst")
+    pack_list(entries, tree, tmp_path / "train.rec")
+    packed = RecordFaceDataset(tmp_path / "train.rec")
+    for ds in (ImageListDataset(tree), ImageListDataset(tree / "train.lst")):
+        assert len(ds) == len(packed) == 9 and ds.num_classes == packed.num_classes == 3
+        req = [(i, i % 2 == 1) for i in range(9)]
+        x, y, skipped = ds.read_batch(req)
+        ref_x, ref_y, _ = packed.read_batch(req)
+        assert skipped == [] and torch.equal(x, ref_x) and torch.equal(y, ref_y)
+
+
+def test_list_dataset_labels_are_made_consecutive_and_bad_files_named(tree, tmp_path):
+    from facerec.data.dataset import ImageListDataset
+
+    (tmp_path / "l.tsv").write_text(f"{tree}/bob/frontal/00.jpg\t7\n{tree}/alice/frontal/00.jpg\t3\n"
+                                    f"{tmp_path}/missing.jpg\t7\n")
+    ds = ImageListDataset(tmp_path / "l.tsv", root="/")
+    assert ds.labels.tolist() == [1, 0, 1] and ds.num_classes == 2
+    with pytest.raises(DataError, match="missing.jpg: cannot read image"):
+        ds.read_batch([0, 1, 2])
+    skipping = ImageListDataset(tmp_path / "l.tsv", root="/", on_bad="skip")
+    x, y, skipped = skipping.read_batch([0, 1, 2])
+    assert x.shape[0] == 2 and y.tolist() == [1, 0] and "missing.jpg" in skipped[0]
+
+
+def test_training_reads_a_folder_tree_directly(tree, tmp_path):
+    from facerec.config import load_config
+    from facerec.train.engine import train
+
+    cfg = load_config(None, [f"data.train={tree}", "model.input_size=[48, 48]", "model.embedding_size=16",
+                             "model.options={width_mult: 0.25}", "train.batch_size=4", "train.epochs=1",
+                             "train.precision=fp32", "eval.every_epochs=0"])
+    result = train(cfg, tmp_path / "run", log=False)
+    assert result.steps == 2

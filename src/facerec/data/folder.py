@@ -14,8 +14,7 @@ from typing import Callable, Iterator
 
 from facerec.errors import DataError
 
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".pgm", ".webp"}  # what `list` / `pack` take
-# what alignment and inference read (Pillow decodes these too)
+# the image files that listing, packing, alignment and inference pick up (Pillow decodes them all)
 DECODABLE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".pgm", ".ppm", ".webp", ".tif", ".tiff")
 
 
@@ -44,7 +43,7 @@ def scan_folder(root: str | Path) -> list[ListEntry]:
         raise DataError(f"{r}: no identity folders (expected root/<identity>/<image files>)")
     out = []
     for label, d in enumerate(identities):
-        images = sorted(p for p in d.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+        images = sorted(p for p in d.rglob("*") if p.suffix.lower() in DECODABLE_SUFFIXES and p.is_file())
         if not images:
             raise DataError(f"{d}: identity folder without images")
         out += [ListEntry(p.relative_to(r).as_posix(), label) for p in images]

@@ -323,6 +323,17 @@ def read_face_layout(reader: RecordIOReader) -> FaceRecInfo:
     return FaceRecInfo(np.asarray(reader.keys, dtype=np.int64), [])
 
 
+def label_and_payload(record: bytes | memoryview, where: str = "record") -> tuple[int, bytes | memoryview]:
+    """The identity label and image bytes of an image record: `record_label(h), payload` of
+    `unpack`, without building a header object for the common scalar-label record."""
+    if len(record) >= _HEADER.size:
+        flag, label, _, _ = _HEADER.unpack_from(record)
+        if flag == 0:
+            return int(label), record[_HEADER.size :]
+    header, payload = unpack(record, where)
+    return record_label(header), payload
+
+
 def record_label(header: IRHeader) -> int:
     """The identity label of an image record (the first value of an array label)."""
     lab = header.label

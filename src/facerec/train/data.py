@@ -200,7 +200,12 @@ def build_train_data(cfg: Config, runtime=None) -> TrainData:
         rec = Path(cfg.data.train)
         if not rec.exists():
             raise DataError(f"config key 'data.train': training set {str(rec)!r} does not exist")
-    train = RecordFaceDataset(str(rec), color="RGB", on_bad=cfg.data.bad_records)
+    if rec.is_dir() or rec.suffix.lower() != ".rec":  # an identity-per-folder tree or a list file
+        from facerec.data.dataset import ImageListDataset
+
+        train = ImageListDataset(rec, color="RGB", on_bad=cfg.data.bad_records)
+    else:
+        train = RecordFaceDataset(str(rec), color="RGB", on_bad=cfg.data.bad_records)
     val_sets = {}
     for vp in val_paths:
         if not Path(vp).is_file():
