@@ -1,8 +1,10 @@
 """Training input throughput from a `.rec` of real 112x112 faces (LFW, aligned with the shared
-landmarks): facerec's loader (per-sample decode in DataLoader workers, uint8 batches, one
-vectorised flip + normalise per batch) with 0, 1 and 2 workers, against two references measured
-in the same run: the raw JPEG decode rate on one core (the ceiling) and a straightforward
-per-sample pipeline (decode -> float tensor -> flip -> normalise per sample, default collate).
+landmarks): facerec's loader (each image decoded, mirrored by the epoch's coin and normalised
+while in cache, in the DataLoader workers, into one shared float32 channels-last batch) with 0,
+1 and 2 workers, against two references measured in the same run: the raw JPEG decode rate on
+one core (the ceiling) and a straightforward per-sample pipeline (decode -> float tensor -> flip
+-> normalise per sample, default collate). Also facerec's uint8 batches (what a GPU run copies,
+normalising on the device). Every figure is the median of `--repeats` timed runs.
 
     python benchmarks/loader.py [--shared ../shared/data] [--batch 128] [--batches 40]
 """
@@ -41,7 +43,7 @@ def build_rec(shared: Path, out: Path, limit: int) -> Path:
     return rec
 
 
-def decode_ceiling(rec: Path, n: int = 2000) -> dict:
+def decode_ceiling(rec: Path, n: int = 2000, repeats: int = 3) -> dict:
     """Images/s of decoding the records' JPEG bytes alone, one thread."""
     import torch
 
@@ -52,10 +54,20 @@ def decode_ceiling(rec: Path, n: int = 2000) -> dict:
     reader = RecordIOReader(rec)
     keys = read_face_layout(reader).image_keys[:n]
     payloads = [unpack(reader.read(int(k)))[1] for k in keys]
-    t0 = time.perf_counter()
-    for p in payloads:
-        decode_image(p)
-    return {"images_per_second": len(payloads) / (time.perf_counter() - t0), "images": len(payloads)}
+    rates = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        for p in payloads:
+            decode_image(p)
+        rates.append(len(payloads) / (time.perf_counter() - t0))
+    return {"images_per_second": float(np.median(rates)), "runs": rates, "images": len(payloads),
+            "decoder": "simplejpeg" if _has("simplejpeg") else "Pillow"}
+
+
+def _has(module: str) -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec(module) is not None
 
 
 class _Straightforward:
@@ -82,46 +94,41 @@ class _Straightforward:
         return x, y
 
 
-def run_loader(rec: Path, workers: int, batch: int, batches: int, kind: str) -> dict:
+def run_loader(rec: Path, workers: int, batch: int, batches: int, kind: str, repeats: int) -> dict:
     import torch
     from torch.utils.data import DataLoader
 
-    from facerec.config import load_config
     from facerec.contract import Preprocess
+    from facerec.data.dataset import RecordFaceDataset
     from facerec.train.data import EpochSampler, TrainData
 
     torch.set_num_threads(1)
     pre = Preprocess()
-    if kind == "facerec":
-        from facerec.data.dataset import RecordFaceDataset
-
-        data = TrainData(train=RecordFaceDataset(rec), num_classes=0, num_workers=workers)
-        sampler = EpochSampler(len(data.train), batch, seed=0)
-        it = data.loader(sampler, epoch=0)
-
-        def next_batch():
-            x, y = next(it)
-            return data.to_input(x, pre, train=True), y
-    else:
-        ds = _Straightforward(rec)
-        sampler = EpochSampler(len(ds), batch, seed=0)
-        loader = DataLoader(ds, batch_sampler=sampler.batches(0), num_workers=workers)
-        it2 = iter(loader)
-
-        def next_batch():
-            return next(it2)
-    next_batch()  # worker start-up and first batch are not timed
-    t0 = time.perf_counter()
-    done = 0
-    for _ in range(batches):
-        try:
-            x, _ = next_batch()
-        except StopIteration:
-            break
-        done += x.shape[0]
-    dt = time.perf_counter() - t0
-    return {"pipeline": kind, "workers": workers, "batch": batch, "images": done, "seconds": dt,
-            "images_per_second": done / dt, "batches_per_second": done / batch / dt}
+    rates = []
+    for epoch in range(repeats):
+        if kind in ("facerec", "facerec_uint8"):
+            data = TrainData(train=RecordFaceDataset(rec), num_classes=0, num_workers=workers)
+            sampler = EpochSampler(len(data.train), batch, seed=0)
+            it = data.loader(sampler, epoch=epoch, preprocess=pre if kind == "facerec" else None)
+        else:
+            ds = _Straightforward(rec)
+            sampler = EpochSampler(len(ds), batch, seed=0)
+            it = iter(DataLoader(ds, batch_sampler=sampler.batches(epoch), num_workers=workers))
+        x, _ = next(it)  # worker start-up and the first batch are not timed
+        assert x.dtype == (torch.uint8 if kind == "facerec_uint8" else torch.float32)
+        t0 = time.perf_counter()
+        done = 0
+        for _ in range(batches):
+            try:
+                x, _ = next(it)
+            except StopIteration:
+                break
+            done += x.shape[0]
+        rates.append(done / (time.perf_counter() - t0))
+        del it
+    ips = float(np.median(rates))
+    return {"pipeline": kind, "workers": workers, "batch": batch, "images_per_run": done, "runs": rates,
+            "images_per_second": ips, "batches_per_second": ips / batch}
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -131,23 +138,27 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--limit", type=int, default=8000)
     ap.add_argument("--batch", type=int, default=128)
     ap.add_argument("--batches", type=int, default=40)
+    ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "loader.json")
     args = ap.parse_args(argv)
     rec = build_rec(args.shared, args.cache, args.limit)
-    ceiling = decode_ceiling(rec)
+    ceiling = decode_ceiling(rec, repeats=args.repeats)
     print(f"decode ceiling (1 core): {ceiling['images_per_second']:.0f} images/s", flush=True)
     rows = []
-    for kind in ("facerec", "straightforward"):
+    for kind in ("facerec", "straightforward", "facerec_uint8"):
         for w in (0, 1, 2):
-            r = run_loader(rec, w, args.batch, args.batches, kind)
+            r = run_loader(rec, w, args.batch, args.batches, kind, args.repeats)
             r["vs_ceiling"] = r["images_per_second"] / (max(w, 1) * ceiling["images_per_second"])
             rows.append(r)
             print(f"{kind:<16} workers {w}: {r['images_per_second']:7.0f} images/s "
                   f"({r['batches_per_second']:.1f} batches/s, {100 * r['vs_ceiling']:.0f}% of "
                   f"{max(w, 1)} x ceiling)", flush=True)
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps({"benchmark": "loader", "cpus": os.cpu_count(), "decode_ceiling": ceiling,
-                                    "rows": rows}, indent=2) + "\n")
+    import torch
+
+    args.out.write_text(json.dumps({"benchmark": "loader", "cpus": os.cpu_count(), "date": time.strftime("%Y-%m-%d"),
+                                    "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+                                    "opencv": _has("cv2"), "decode_ceiling": ceiling, "rows": rows}, indent=2) + "\n")
     print(f"wrote {args.out}")
 
 

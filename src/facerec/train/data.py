@@ -8,6 +8,7 @@ that N ranks with batch B/N train on exactly the images one process with batch B
 
 from __future__ import annotations
 
+from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator
@@ -91,6 +92,9 @@ class TrainData:
         dl = DataLoader(source, batch_sampler=requests, num_workers=self.num_workers,
                         persistent_workers=False, pin_memory=torch.cuda.is_available() and preprocess is None,
                         collate_fn=collate_batch if batched else None)
+        # the workers' reused buffers stay mapped here: received again, they need no new mapping
+        # (torch finds them by file in its cache) and so no page faults
+        mapped: deque = deque(maxlen=max(1, self.num_workers) * 6)
         for i, batch in enumerate(dl):
             x, y = batch[0], batch[1]
             self._epoch, self._indices, self._preflipped = epoch, torch.tensor(batches[i]), batched
@@ -107,6 +111,7 @@ class TrainData:
                     nhwc = x.permute(0, 2, 3, 1)
                     x = convert_batch(nhwc, fmt).permute(0, 3, 1, 2)
                     release(nhwc)
+                    mapped.append(nhwc.untyped_storage())
             yield x, y
 
     def flip_mask(self, epoch: int, indices: torch.Tensor) -> torch.Tensor:
