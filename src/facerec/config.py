@@ -102,6 +102,7 @@ class TrainConfig:
     seed: int = 0
     deterministic: bool = False
     threads: int = 0
+    max_bad_steps: int = 20  # consecutive NaN/Inf steps (skipped) before the run stops
     log_every: int = 50
     output_dir: str = "runs/train"
     checkpoint_every: int = 0

@@ -9,12 +9,13 @@ import torch
 import torch.multiprocessing as mp
 
 from facerec.config import load_config
+from facerec.errors import CheckpointError
 from facerec.train.engine import train
 
 BASE = [
     "model.input_size=[32, 32]", "model.embedding_size=32", "model.options={width_mult: 0.25}",
     "data.synthetic.identities=12", "data.synthetic.images_per_identity=8", "data.synthetic.val_identities=10",
-    "data.synthetic.val_pairs=40", "train.log_every=1", "train.precision=fp32", "train.epochs=0.5",
+    "data.synthetic.val_pairs=40", "train.log_every=1", "train.precision=fp32", "train.epochs=0.3",
     "head.s=16.0", "head.m=0.2", "optim.lr=0.01", "optim.momentum=0.9", "optim.schedule=cosine",
     "optim.warmup_epochs=0.25", "optim.grad_clip=2.0", "eval.every_epochs=0", "train.threads=1",
 ]
@@ -24,6 +25,21 @@ def _port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def _update_error(w0: torch.Tensor, ref: torch.Tensor, got: torch.Tensor) -> float:
+    """max|got - ref| / max|ref - w0| (the reference's update), less 4 ulps of each weight."""
+    update = (ref - w0).double().abs().max()
+    ulps = 4 * torch.finfo(torch.float32).eps * ref.double().abs()
+    return float(((got - ref).double().abs() - ulps).clamp(min=0).max() / update.clamp(min=1e-30))
+
+
+# Tensor by tensor, the 2-process weights are within 1% of the update of the 1-process run's
+# (measured: under 1e-3 after 2 steps). Summation order differs (all-reduce vs accumulation) and
+# BatchNorm over 8 images amplifies that rounding chaotically: after 3 steps the front layers
+# differ by 1-5%, so an elementwise fp32 tolerance there is no test. Averaging the backbone
+# gradients across the ranks instead of summing them halves the update: an error of 50%.
+TOL = 1e-2
 
 
 def _losses(run):
@@ -48,6 +64,10 @@ def test_two_processes_match_one_process_on_the_same_global_batch(tmp_path):
     cache = f"data.cache_dir={tmp_path / 'cache'}"
     # one process, batch 8 x accumulation 2: the same 8-image micro-batches (BatchNorm statistics)
     # as 2 ranks with batch 8 each, global batch 16 either way
+    init = train(load_config(None, [*BASE, cache, "train.batch_size=8", "train.grad_accum=2", "head.type=fc",
+                                    "train.epochs=0"]), tmp_path / "init", log=False)
+    assert init.steps == 0
+    w0 = {k: v.detach().clone() for k, v in init.model.named_parameters()}
     single_run = tmp_path / "single"
     single = train(load_config(None, [*BASE, cache, "train.batch_size=8", "train.grad_accum=2",
                                       "head.type=fc"]), single_run, log=False)
@@ -55,10 +75,12 @@ def test_two_processes_match_one_process_on_the_same_global_batch(tmp_path):
     ddp_run = tmp_path / "ddp"
     mp.spawn(_worker, args=(2, _port(), [*BASE, cache, "train.batch_size=8", "head.type=fc"], ddp_run, out),
              nprocs=2, join=True)
-    assert out[0]["steps"] == out[1]["steps"] == single.steps == 3
+    out = {r: out[r] for r in (0, 1)}  # one copy out of the manager (every proxy access copies it all)
+    assert out[0]["steps"] == out[1]["steps"] == single.steps == 2
     torch.testing.assert_close(torch.tensor(_losses(ddp_run)), torch.tensor(_losses(single_run)), rtol=1e-4, atol=1e-5)
     for name, p in single.model.named_parameters():
-        torch.testing.assert_close(out[0]["backbone"][name], p.detach(), rtol=1e-3, atol=1e-5, msg=name)
+        if (p.detach() - w0[name]).abs().max() > 1e-6:  # (BN biases feeding another BN hardly move)
+            assert _update_error(w0[name], p.detach(), out[0]["backbone"][name]) < TOL, name
         assert torch.equal(out[0]["backbone"][name], out[1]["backbone"][name]), name  # replicas stay identical
     centres = torch.cat([out[0]["head"], out[1]["head"]])  # rank 0 holds classes 0..5, rank 1 6..11
     assert out[1]["start"] == out[0]["head"].shape[0]
@@ -68,3 +90,6 @@ def test_two_processes_match_one_process_on_the_same_global_batch(tmp_path):
                        else next(ddp_run.rglob("*.pt")), weights_only=True)
     assert len(saved["per_rank"]) == 2
     torch.testing.assert_close(torch.cat([saved["per_rank"][r]["head"]["weight"] for r in (0, 1)]), centres)
+    with pytest.raises(CheckpointError, match="written by 2 process"):
+        train(load_config(None, [*BASE, cache, "train.batch_size=8", "head.type=fc"]), tmp_path / "one",
+              resume=str(sorted(ddp_run.glob("checkpoints/*.pt"))[-1]), log=False)

@@ -162,13 +162,10 @@ def evaluate(model: nn.Module, data: TrainData, cfg: Config, runtime: Runtime) -
 
 
 def _step_is_finite(loss: torch.Tensor, params: list[torch.Tensor]) -> bool:
-    if not torch.isfinite(loss).item():
-        return False
-    for p in params:
-        g = p.grad
-        if g is not None and not torch.isfinite(grad_values(g)).all():
-            return False
-    return True
+    """True when `loss` and every gradient of `params` are finite (one device sync)."""
+    flags = [torch.isfinite(loss.detach()).all()]
+    flags += [torch.isfinite(grad_values(p.grad)).all() for p in params if p.grad is not None]
+    return bool(torch.stack([f.to(flags[0].device) for f in flags]).all())
 
 
 def train_one_epoch(
@@ -223,31 +220,38 @@ def train_one_epoch(
             with runtime.autocast():
                 emb = model(x)
             loss = head(emb.float(), y)
-            runtime.scaler.scale(loss / accum).backward()
+            runtime.backward(loss / accum)
         micro_losses.append(float(loss.detach()))
         state.batch_in_epoch += 1
         if not last_micro:
             continue
         step_loss, micro_losses = float(np.mean(micro_losses)), []
-        runtime.scaler.unscale_(optimizer)
+        runtime.unscale(optimizer)
         if not runtime.all_true(math.isfinite(step_loss) and _step_is_finite(loss, params)):
+            # skipped: no optimiser or schedule step; under fp16 the loss scale backs off. fp16
+            # overflows (the first steps at GradScaler's initial scale) count like any bad step:
+            # 20 in a row would mean the scale fell by 2**20
             optimizer.zero_grad(set_to_none=True)
-            runtime.scaler.update()
+            runtime.skip_step()
             state.bad_steps += 1
             state.consecutive_bad += 1
-            console.print(f"[facerec] step {state.step}: non-finite loss or gradient, step skipped "
-                          f"({state.consecutive_bad} in a row, {state.bad_steps} in total)")
-            metrics.log({"event": "bad_step", "step": state.step, "epoch": state.epoch})
-            if state.consecutive_bad >= 20:
+            fp16 = runtime.precision == "fp16"
+            what = "loss" if not math.isfinite(step_loss) else "gradient (fp16 overflow)" if fp16 else "gradient"
+            scale = f", grad scale now {runtime.grad_scale:g}" if fp16 else ""
+            console.print(f"[facerec] step {state.step}: non-finite {what}, step skipped "
+                          f"({state.consecutive_bad} in a row, {state.bad_steps} in total{scale})")
+            metrics.log({"event": "bad_step", "step": state.step, "epoch": state.epoch, "non_finite": what.split()[0],
+                         "consecutive": state.consecutive_bad, "grad_scale": runtime.grad_scale})
+            if state.consecutive_bad >= max(1, cfg.train.max_bad_steps):
                 raise TrainingDiverged(
-                    f"{state.consecutive_bad} consecutive steps had a NaN/Inf loss or gradient at step "
-                    f"{state.step}; lower optim.lr, enable optim.grad_clip, or use train.precision=bf16/fp32"
+                    f"{state.consecutive_bad} consecutive steps had a NaN/Inf loss or gradient at step {state.step} "
+                    f"(train.max_bad_steps={cfg.train.max_bad_steps}{scale}); lower optim.lr, enable "
+                    f"optim.grad_clip, or use train.precision={'bf16/fp32' if fp16 else 'fp32'}"
                 )
             continue
         state.consecutive_bad = 0
         clip_gradients(params, cfg.optim.grad_clip, sharded=sharded)
-        runtime.scaler.step(optimizer)
-        runtime.scaler.update()
+        runtime.step(optimizer)
         optimizer.zero_grad(set_to_none=True)
         scheduler.step()
         state.step += 1
@@ -261,10 +265,11 @@ def train_one_epoch(
             lr = optimizer.param_groups[0]["lr"]
             ips = meter.images_per_second
             rec = {"step": state.step, "epoch": state.epoch, "loss": window_loss / window_n, "lr": lr,
-                   "images_per_second": ips, "grad_scale": float(runtime.scaler.get_scale()) if runtime.precision == "fp16" else 1.0}
+                   "images_per_second": ips, "grad_scale": runtime.grad_scale}
             metrics.log(rec)
+            scale = f" scale {rec['grad_scale']:g}" if runtime.precision == "fp16" else ""
             console.print(
-                f"epoch {state.epoch} step {state.step}/{total_steps} loss {rec['loss']:.4f} lr {lr:.4g} "
+                f"epoch {state.epoch} step {state.step}/{total_steps} loss {rec['loss']:.4f} lr {lr:.4g}{scale} "
                 f"{ips:.0f} img/s eta {format_duration(meter.eta(state.step))}"
             )
             window_loss, window_n = 0.0, 0

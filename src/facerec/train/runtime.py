@@ -37,15 +37,17 @@ def cpu_supports_bf16() -> bool:
 
 
 def resolve_precision(precision: str, device: torch.device) -> str:
-    """Turn "auto" into fp32/bf16/fp16 for `device`; reject combinations that cannot run."""
+    """Turn "auto" into fp32/bf16/fp16 for `device`; reject names that are none of these.
+
+    fp16 also runs on CPU (fp16 autocast and `GradScaler("cpu")`), emulated and slow on CPUs
+    without native fp16 arithmetic, so "auto" never picks it there.
+    """
     if precision == "auto":
         if device.type == "cuda":
             return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
         return "bf16" if cpu_supports_bf16() else "fp32"
     if precision not in ("fp32", "bf16", "fp16"):
         raise ConfigError(f"config key 'train.precision' must be auto, fp32, bf16 or fp16, got {precision!r}")
-    if precision == "fp16" and device.type == "cpu":
-        raise ConfigError("config key 'train.precision': fp16 needs a CUDA device; use bf16 or fp32 on CPU")
     return precision
 
 
@@ -59,6 +61,10 @@ class Runtime:
     local_rank: int = 0
     world_size: int = 1
     scaler: Any = field(default=None, repr=False)
+
+    def __post_init__(self) -> None:
+        if self.scaler is None:  # loss scaling for fp16 only; a no-op scaler otherwise
+            self.scaler = torch.amp.GradScaler(self.device.type, enabled=(self.precision == "fp16"))
 
     @classmethod
     def from_env(cls, precision: str = "auto", device: str | None = None) -> "Runtime":
@@ -75,8 +81,7 @@ class Runtime:
             backend = "nccl" if dev.type == "cuda" else "gloo"
             torch.distributed.init_process_group(backend=backend, rank=rank, world_size=world)
         prec = resolve_precision(precision, dev)
-        scaler = torch.amp.GradScaler(dev.type, enabled=(prec == "fp16"))
-        return cls(device=dev, precision=prec, rank=rank, local_rank=local_rank, world_size=world, scaler=scaler)
+        return cls(device=dev, precision=prec, rank=rank, local_rank=local_rank, world_size=world)
 
     @property
     def is_main(self) -> bool:
@@ -99,6 +104,41 @@ class Runtime:
             return
         with torch.autocast(device_type=self.device.type, dtype=dtype):
             yield
+
+    @property
+    def grad_scale(self) -> float:
+        """The fp16 loss scale now (1.0 in fp32/bf16, where no scaling happens)."""
+        return float(self.scaler.get_scale()) if self.scaler.is_enabled() else 1.0
+
+    def backward(self, loss: torch.Tensor) -> None:
+        """Backward of `loss`, scaled by the fp16 loss scale (plain backward otherwise)."""
+        self.scaler.scale(loss).backward()
+
+    def unscale(self, optimizer: torch.optim.Optimizer) -> None:
+        """Divide the gradients by the loss scale, before they are checked or clipped."""
+        self.scaler.unscale_(optimizer)
+
+    def step(self, optimizer: torch.optim.Optimizer) -> None:
+        """Take the optimiser step on unscaled, finite gradients and update the loss scale."""
+        self.scaler.step(optimizer)
+        self.scaler.update()
+
+    def skip_step(self) -> None:
+        """End an iteration whose step is skipped (non-finite loss or gradient somewhere).
+
+        The fp16 loss scale backs off on every rank, as GradScaler does after an overflow, also
+        on a rank whose own gradients were finite (Partial FC's shards differ per rank): the
+        ranks' scales must stay equal, because backbone gradients are summed across ranks
+        before they are unscaled.
+        """
+        s = self.scaler
+        if not s.is_enabled():
+            return
+        state = s.state_dict()
+        state["scale"] = state["scale"] * s.get_backoff_factor()
+        state["_growth_tracker"] = 0
+        s.update(new_scale=state["scale"])  # also drops this iteration's inf checks
+        s.load_state_dict(state)
 
     def barrier(self) -> None:
         if self.distributed:
