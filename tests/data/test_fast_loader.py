@@ -172,3 +172,16 @@ def test_record_views_equal_copies_also_for_split_records(tmp_path):
         assert bytes(r.read_view(k)) == r.read(k) == p
     with pytest.raises(DataError, match="no record with key 9"):
         r.read_view(9)
+
+
+@pytest.mark.parametrize("preprocess", [None, Preprocess(input_size=(40, 40))], ids=["uint8", "float"])
+def test_batches_kept_by_the_caller_stay_intact_with_reused_worker_buffers(rec, preprocess):
+    """The workers' shared buffers are reused; what the loader yields must never be one of them."""
+    data = TrainData(train=RecordFaceDataset(rec), num_classes=6, num_workers=1, seed=2)
+    sampler = EpochSampler(len(data.train), 2, seed=2)  # 12 batches: more than the pool holds
+    kept = list(data.loader(sampler, 0, preprocess=preprocess))
+    ref = TrainData(train=RecordFaceDataset(rec), num_classes=6, num_workers=0, seed=2)
+    expected = list(ref.loader(sampler, 0, preprocess=preprocess))
+    assert len(kept) == len(expected) == 12
+    for (x, y), (u, v) in zip(kept, expected):
+        assert torch.equal(x, u) and torch.equal(y, v)

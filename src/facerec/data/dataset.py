@@ -10,7 +10,7 @@ from torch.utils.data import Dataset, get_worker_info
 
 from facerec.data.decode import decode_image, decode_into
 from facerec.data.shared_batches import SharedBatchPool
-from facerec.data.transforms import InputFormat, PixelConverter, _opencv
+from facerec.data.transforms import InputFormat, PixelConverter, _opencv, opencv_single_threaded
 from facerec.data.recordio import RecordIOReader, label_and_payload, read_face_layout, record_label, unpack
 from facerec.errors import DataError
 
@@ -57,6 +57,11 @@ class EncodedFaceDataset(Dataset):
         `[B, H, W, 3]` array (`convert=False`: decoded in `fmt.color` and mirrored, uint8, for
         `convert_batch` in another process). Inside a DataLoader worker the batch is in shared
         memory from the start, from `pool` if given (then `release` it after use)."""
+        with opencv_single_threaded():
+            return self._read_batch(indices, fmt, convert, pool)
+
+    def _read_batch(self, indices: list, fmt: InputFormat | None, convert: bool,
+                    pool: SharedBatchPool | None) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
         items = [(int(i[0]), bool(i[1])) if isinstance(i, (tuple, list)) else (int(i), False) for i in indices]
         color = fmt.color if fmt is not None else self.color
         if not convert:
@@ -186,8 +191,9 @@ def convert_batch(x: torch.Tensor, fmt: InputFormat) -> torch.Tensor:
     convert = PixelConverter(fmt)
     arr = x.numpy()
     out = np.empty((x.shape[0], *fmt.output_shape(x.shape[1], x.shape[2])), np.float32)
-    for n in range(x.shape[0]):
-        convert.convert(arr[n], out[n])
+    with opencv_single_threaded():
+        for n in range(x.shape[0]):
+            convert.convert(arr[n], out[n])
     return torch.from_numpy(out)
 
 

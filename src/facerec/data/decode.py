@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import io
 
 import numpy as np
@@ -9,6 +10,7 @@ import numpy as np
 from facerec.errors import DataError
 
 
+@functools.cache
 def _simplejpeg():
     try:
         import simplejpeg  # type: ignore
@@ -43,16 +45,11 @@ def decode_into(data: bytes, out: np.ndarray, color: str = "RGB", where: str = "
     allocation or copy with the fast decoder. An image of another size is a DataError."""
     sj = _simplejpeg() if data[:2] == b"\xff\xd8" else None
     if sj is not None:
-        try:
-            h, w, _, _ = sj.decode_jpeg_header(data)
-        except Exception:
-            h = w = None
-        if (h, w) == out.shape[:2]:
-            try:
-                sj.decode_jpeg(data, colorspace=color, buffer=out)
+        try:  # the decoder says the image's shape; a larger image does not fit and raises
+            if sj.decode_jpeg(data, colorspace=color, buffer=out).shape == out.shape:
                 return
-            except Exception:
-                pass  # fall through: Pillow decodes or reports the problem
+        except Exception:
+            pass  # fall through: Pillow decodes or reports the problem
     img = decode_image(data, color, where)
     if img.shape != out.shape:
         raise DataError(f"{where}: image is {img.shape[1]}x{img.shape[0]}, the batch holds "

@@ -71,26 +71,33 @@ class TrainData:
 
     def loader(self, sampler: EpochSampler, epoch: int, start_batch: int = 0,
                preprocess: Preprocess | None = None) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        """Yield (images, labels [B]) for batches `start_batch..` of `epoch`.
+        """Yield (images, labels [B]) for batches `start_batch..` of `epoch`, mirrored by the
+        epoch's coin. Each batch is the caller's to keep.
 
-        Without `preprocess`: uint8 RGB [B, 3, H, W] (channels-last memory), for a conversion on
-        the accelerator (`to_input` after the copy: a quarter of the bytes to move). With it:
-        float32 batches ready for that model, mirrored by the epoch's coin — converted per image
-        in the workers where the dataset can (`read_batch`), else here.
+        Without `preprocess`: uint8 RGB [B, 3, H, W] (channels-last memory; pinned when CUDA is
+        there), for a conversion on the accelerator (`to_input` after the copy: a quarter of the
+        bytes to move). With it: float32 batches ready for that model, each image converted while
+        it is in cache where the dataset can (`read_batch`), else per batch here.
+
+        With workers, the workers decode and mirror into reused shared buffers and this process
+        copies or converts each batch out of its buffer (then free for the worker again): fresh
+        shared memory costs a page fault per 4 KiB in both processes, more than the copy.
         """
         batches = sampler.batches(epoch, start_batch)
         batched = hasattr(self.train, "__getitems__")
         requests = batches
         source: Dataset = self.train
         fmt = None
+        pooled = False
         if batched:  # the workers mirror the images the epoch's coin picked, while decoding
             requests = [list(zip(b, self.flip_mask(epoch, torch.tensor(b)).tolist())) for b in batches]
-            if preprocess is not None and hasattr(self.train, "read_batch"):
-                fmt = _input_format(self.train, preprocess)
-                if fmt is not None:  # workers decode and mirror; this process converts (one pass)
-                    source = _FormattedBatches(self.train, fmt, in_workers=self.num_workers > 0)
+            if hasattr(self.train, "read_batch"):
+                fmt = _input_format(self.train, preprocess) if preprocess is not None else None
+                pooled = self.num_workers > 0
+                source = _BatchReads(self.train, fmt, convert=fmt is not None and not pooled, pooled=pooled)
+        pin = torch.cuda.is_available() and preprocess is None
         dl = DataLoader(source, batch_sampler=requests, num_workers=self.num_workers,
-                        persistent_workers=False, pin_memory=torch.cuda.is_available() and preprocess is None,
+                        persistent_workers=False, pin_memory=pin and not pooled,
                         collate_fn=collate_batch if batched else None)
         # the workers' reused buffers stay mapped here: received again, they need no new mapping
         # (torch finds them by file in its cache) and so no page faults
@@ -98,20 +105,24 @@ class TrainData:
         for i, batch in enumerate(dl):
             x, y = batch[0], batch[1]
             self._epoch, self._indices, self._preflipped = epoch, torch.tensor(batches[i]), batched
+            shared = x if pooled else None
             if batched:  # [B, H, W, 3] -> an NCHW view in channels-last memory, no copy
                 x = x.permute(0, 3, 1, 2)
                 self.skipped.extend(batch[2])  # records left out (already mirrored: nothing else to align)
-            if preprocess is not None and x.shape[0]:
+            if preprocess is not None and x.shape[0] and x.dtype == torch.uint8:
                 if fmt is None:
                     x = self.to_input(x, preprocess, train=True)
-                elif x.dtype == torch.uint8:  # from a worker: convert here, then its buffer is free
+                else:
                     from facerec.data.dataset import convert_batch
-                    from facerec.data.shared_batches import release
 
-                    nhwc = x.permute(0, 2, 3, 1)
-                    x = convert_batch(nhwc, fmt).permute(0, 3, 1, 2)
-                    release(nhwc)
-                    mapped.append(nhwc.untyped_storage())
+                    x = convert_batch(x.permute(0, 2, 3, 1), fmt).permute(0, 3, 1, 2)
+            elif shared is not None:  # uint8 out: the caller's own copy
+                x = x.pin_memory() if pin else x.clone(memory_format=torch.channels_last)
+            if shared is not None:
+                from facerec.data.shared_batches import release
+
+                release(shared)
+                mapped.append(shared.untyped_storage())
             yield x, y
 
     def flip_mask(self, epoch: int, indices: torch.Tensor) -> torch.Tensor:
@@ -135,23 +146,21 @@ class TrainData:
         return to_model_input(x, pre.mean, pre.std, flip_mask=mask)
 
 
-class _FormattedBatches(Dataset):
-    """A dataset's batches read with an `InputFormat`. `in_workers`: DataLoader workers decode
-    and mirror into reused shared buffers and the training process converts (fewer bytes cross
-    the processes, and the two cores split the work); else each image is converted while it is
-    in cache."""
+class _BatchReads(Dataset):
+    """What DataLoader workers call: a dataset's `read_batch` with an `InputFormat` (or none),
+    converting per image (`convert`) and filling reused shared buffers (`pooled`)."""
 
-    def __init__(self, dataset: Dataset, fmt, in_workers: bool) -> None:
+    def __init__(self, dataset: Dataset, fmt, convert: bool, pooled: bool) -> None:
         from facerec.data.shared_batches import SharedBatchPool
 
-        self.dataset, self.fmt, self.in_workers = dataset, fmt, in_workers
-        self.pool = SharedBatchPool() if in_workers else None
+        self.dataset, self.fmt, self.convert = dataset, fmt, convert
+        self.pool = SharedBatchPool() if pooled else None
 
     def __len__(self) -> int:
         return len(self.dataset)
 
     def __getitems__(self, indices: list):
-        return self.dataset.read_batch(indices, self.fmt, convert=not self.in_workers, pool=self.pool)
+        return self.dataset.read_batch(indices, self.fmt, convert=self.convert, pool=self.pool)
 
 
 def _input_format(dataset: Dataset, pre: Preprocess):
