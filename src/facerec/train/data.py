@@ -103,7 +103,7 @@ class TrainData:
         # (torch finds them by file in its cache) and so no page faults
         mapped: deque = deque(maxlen=max(1, self.num_workers) * 6)
         for i, batch in enumerate(dl):
-            x, y = batch[0], batch[1]
+            x, y = batch[0], torch.as_tensor(batch[1])
             self._epoch, self._indices, self._preflipped = epoch, torch.tensor(batches[i]), batched
             shared = x if pooled else None
             if batched:  # [B, H, W, 3] -> an NCHW view in channels-last memory, no copy
@@ -116,14 +116,16 @@ class TrainData:
                     from facerec.data.dataset import convert_batch
 
                     x = convert_batch(x.permute(0, 2, 3, 1), fmt).permute(0, 3, 1, 2)
-            elif shared is not None:  # uint8 out: the caller's own copy
-                x = x.pin_memory() if pin else x.clone(memory_format=torch.channels_last)
+            elif shared is not None:  # uint8 out: the caller's own copy (of the contiguous NHWC
+                own = shared[: x.shape[0]]  # array: a plain memcpy, unlike a channels-last clone)
+                x = (own.pin_memory() if pin else own.clone()).permute(0, 3, 1, 2)
             if shared is not None:
                 from facerec.data.shared_batches import release
 
                 release(shared)
                 mapped.append(shared.untyped_storage())
             yield x, y
+            del x, y, batch, shared  # the caller may have let go: free before the next batch
 
     def flip_mask(self, epoch: int, indices: torch.Tensor) -> torch.Tensor:
         """Whether each sample is mirrored in `epoch`: a seeded coin per (epoch, sample index), so
@@ -160,7 +162,9 @@ class _BatchReads(Dataset):
         return len(self.dataset)
 
     def __getitems__(self, indices: list):
-        return self.dataset.read_batch(indices, self.fmt, convert=self.convert, pool=self.pool)
+        x, y, skipped = self.dataset.read_batch(indices, self.fmt, convert=self.convert, pool=self.pool)
+        # labels as numpy: pickled inline, where a tensor would get a shared-memory file of its own
+        return x, y.numpy() if self.pool is not None else y, skipped
 
 
 def _input_format(dataset: Dataset, pre: Preprocess):
