@@ -107,3 +107,13 @@ def test_shipped_configs_load():
     assert any(f.name == "demo.yaml" for f in files)
     for f in files:
         load_config(f)
+
+
+def test_scientific_notation_without_a_dot_is_a_float(tmp_path):
+    """PyYAML (YAML 1.1) reads 5e-4 as a string; a float key takes it as the number it is."""
+    cfg = load_config(None, ["optim.weight_decay=5e-4", "optim.lr=1E-1"])
+    assert cfg.optim.weight_decay == 5e-4 and cfg.optim.lr == 0.1
+    (tmp_path / "c.yaml").write_text("optim:\n  weight_decay: 1e-5\n")
+    assert load_config(tmp_path / "c.yaml").optim.weight_decay == 1e-5
+    with pytest.raises(ConfigError, match="optim.lr"):
+        load_config(None, ["optim.lr=fast"])

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -157,6 +158,9 @@ def _type_name(tp: Any) -> str:
     return getattr(tp, "__name__", str(tp))
 
 
+_SCIENTIFIC = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+")
+
+
 def _coerce(value: Any, tp: Any, key: str) -> Any:
     """Check `value` against type `tp`, converting where lossless (int -> float, list -> tuple)."""
     origin = typing.get_origin(tp)
@@ -209,6 +213,8 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
             raise wrong
         return value
     if tp is float:
+        if isinstance(value, str) and _SCIENTIFIC.fullmatch(value.strip()):
+            value = float(value)  # YAML 1.1 reads "5e-4" (no dot) as a string
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise wrong
         return float(value)

@@ -269,11 +269,15 @@ def topk_search(queries: torch.Tensor, base, k: int, k_global: int = 0, chunk: i
     delta = screen_error_bound(dim, mode, rounded_output=not fp32_out)
     delta32 = screen_error_bound(dim, "none")
     q_low = q.to(_DTYPE[mode]) if mode != "none" else q
+    # working buffers in proportion to the base (at most an eighth of it for the normalised chunk,
+    # a sixteenth for a score block), so memory stays near the base at 100k as at 1M
+    chunk = max(1, min(chunk, max(8192, n // 8)))
+    block_elements = min(block_elements, max(1 << 22, n * dim // 16))
     group = max(1, block_elements // max(1, min(chunk, n)))
     with _ieee_matmul():
         for start in range(0, n, chunk):
             b = unit_rows(torch.as_tensor(base[start : start + chunk]).to(dev))
-            bt = b.t().contiguous()
+            bt = b.t()  # a transposed view: BLAS reads it as is, no copy
             bt_low = bt.to(_DTYPE[mode]) if mode != "none" else bt
             for qs in range(0, q.shape[0], group):
                 sl = slice(qs, qs + group)
