@@ -274,7 +274,7 @@ def train_one_epoch(
             scale = f" scale {rec['grad_scale']:g}" if runtime.precision == "fp16" else ""
             console.print(
                 f"epoch {state.epoch} step {state.step}/{total_steps} loss {rec['loss']:.4f} lr {lr:.4g}{scale} "
-                f"{ips:.0f} img/s eta {format_duration(meter.eta(state.step))}"
+                f"{f'{ips:.0f}' if math.isfinite(ips) else '-'} img/s eta {format_duration(meter.eta(state.step))}"
             )
             window_loss, window_n = 0.0, 0
         if on_step is not None:
