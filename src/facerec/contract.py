@@ -44,6 +44,19 @@ class Preprocess:
         object.__setattr__(self, "mean", tuple(float(v) for v in self.mean))
         object.__setattr__(self, "std", tuple(float(v) for v in self.std))
 
+    def crop_columns(self, height: int, width: int) -> tuple[int, int] | None:
+        """The columns (lo, hi) of a stored `height` x `width` face crop that are this model's
+        input: all of them when the sizes match; the central ones when a 112x96 SphereFace-template
+        model gets square ArcFace-aligned crops (the templates differ by exactly 8 px in x at
+        112); None when the crop needs a resize."""
+        h, w = self.input_size
+        if (height, width) == (h, w):
+            return 0, width
+        if self.template == "sphereface" and height == h and width == height and w * 112 == width * 96:
+            lo = (width - w) // 2
+            return lo, lo + w
+        return None
+
     def to_dict(self) -> dict[str, Any]:
         """Plain types only (lists, floats, str), safe for JSON, YAML, safetensors metadata."""
         d = asdict(self)

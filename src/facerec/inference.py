@@ -181,7 +181,7 @@ class Embedder:
         h, w = pre.input_size
         if points is not None:
             return align_face(img, points, pre.template, (h, w)), "landmarks"
-        if img.shape[:2] == (h, w) or (pre.template == "sphereface" and img.shape[:2] == (h, h) and w * 112 == h * 96):
+        if pre.crop_columns(*img.shape[:2]) is not None:
             return img, "as_is"
         return center_crop(img, (h, w)), "center_crop"
 

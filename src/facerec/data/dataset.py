@@ -10,7 +10,7 @@ from torch.utils.data import Dataset, get_worker_info
 
 from facerec.data.decode import decode_image, decode_into
 from facerec.data.shared_batches import SharedBatchPool
-from facerec.data.transforms import InputFormat, PixelConverter, _opencv, opencv_single_threaded
+from facerec.data.transforms import InputFormat, PixelConverter, mirror_image, opencv_single_threaded
 from facerec.data.recordio import RecordIOReader, label_and_payload, read_face_layout, record_label, unpack
 from facerec.errors import DataError
 
@@ -66,7 +66,7 @@ class EncodedFaceDataset(Dataset):
         color = fmt.color if fmt is not None else self.color
         if not convert:
             fmt = None
-        convert = PixelConverter(fmt) if fmt is not None else None
+        converter = PixelConverter(fmt) if fmt is not None else None
         out: np.ndarray | None = None
         storage: torch.Tensor | None = None
         scratch: np.ndarray | None = None
@@ -94,16 +94,17 @@ class EncodedFaceDataset(Dataset):
                     raise
                 skipped.append(str(exc))
                 continue
-            if convert is None:
+            if converter is None:
                 if flip:
-                    img[...] = _mirror(img)
+                    img[...] = mirror_image(img)
             else:
-                convert.convert(convert.mirror(img) if flip else img, out[n])
+                converter.convert(converter.mirror(img) if flip else img, out[n])
             labels[n] = label
             n += 1
         if out is None:
             return torch.empty(0, 0, 0, 3, dtype=torch.uint8), torch.empty(0, dtype=torch.int64), skipped
         return storage[:n], torch.from_numpy(labels[:n]), skipped
+
     def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
         label, payload, where = self._record(i)
         img = decode_image(payload, self.color, where)
@@ -142,7 +143,6 @@ class RecordFaceDataset(EncodedFaceDataset):
         if label != self.labels[i]:
             raise DataError(f"{where}: record label {label} disagrees with its identity record ({self.labels[i]})")
         return label, payload, where
-
 
 
 class ImageListDataset(EncodedFaceDataset):
@@ -195,15 +195,6 @@ def convert_batch(x: torch.Tensor, fmt: InputFormat) -> torch.Tensor:
         for n in range(x.shape[0]):
             convert.convert(arr[n], out[n])
     return torch.from_numpy(out)
-
-
-def _mirror(img: np.ndarray) -> np.ndarray:
-    """A mirrored copy of one uint8 [H, W, 3] image (OpenCV when installed, else numpy on
-    3-byte pixels)."""
-    cv2 = _opencv()
-    if cv2 is not None:
-        return cv2.flip(img, 1)
-    return np.ascontiguousarray(img.view(np.dtype("V3"))[:, ::-1]).view(np.uint8).reshape(img.shape)
 
 
 def collate_batch(batch):

@@ -80,13 +80,10 @@ class InputFormat:
     def for_model(cls, pre, height: int, width: int) -> "InputFormat | None":
         """The format for a `Preprocess` contract and stored images of `height` x `width`; None
         when the contract needs a resize (that path stays on whole batches)."""
-        h, w = pre.input_size
-        if (height, width) == (h, w):
-            return cls(pre.color, tuple(pre.mean), tuple(pre.std))
-        if pre.template == "sphereface" and height == h and width == height and w * 112 == width * 96:
-            lo = (width - w) // 2
-            return cls(pre.color, tuple(pre.mean), tuple(pre.std), (lo, lo + w))
-        return None
+        columns = pre.crop_columns(height, width)
+        if columns is None:
+            return None
+        return cls(pre.color, tuple(pre.mean), tuple(pre.std), None if columns == (0, width) else columns)
 
     def output_shape(self, height: int, width: int) -> tuple[int, int, int]:
         lo, hi = self.columns if self.columns is not None else (0, width)
@@ -111,11 +108,7 @@ class PixelConverter:
         """The image mirrored left-right (into a reused buffer: valid until the next call)."""
         if self._scratch is None or self._scratch.shape != img.shape:
             self._scratch = np.empty_like(img)
-        if self._cv2 is not None:
-            self._cv2.flip(img, 1, dst=self._scratch)
-        else:  # 3-byte pixels: numpy mirrors them much faster than per-byte strides
-            self._scratch.view(np.dtype("V3"))[..., 0] = img.view(np.dtype("V3"))[:, ::-1, 0]
-        return self._scratch
+        return mirror_image(img, self._scratch)
 
     def convert(self, img: np.ndarray, out: np.ndarray) -> None:
         """Normalise uint8 `img` [H, W, 3] (after the column crop) into float32 `out`."""
@@ -126,6 +119,19 @@ class PixelConverter:
         else:
             _normalise_(torch.from_numpy(out).copy_(torch.from_numpy(np.ascontiguousarray(img))),
                         self.fmt.mean, self.fmt.std, channel_dim=2)
+
+
+def mirror_image(img: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+    """uint8 [H, W, 3] `img` mirrored left-right into `out` (a new array if None; not `img`
+    itself): `cv2.flip` when OpenCV is installed, else numpy on 3-byte pixels (much faster than
+    per-byte strides)."""
+    out = np.empty_like(img) if out is None else out
+    cv2 = _opencv()
+    if cv2 is not None:
+        cv2.flip(img, 1, dst=out)
+    else:
+        out.view(np.dtype("V3"))[..., 0] = img.view(np.dtype("V3"))[:, ::-1, 0]
+    return out
 
 
 def _opencv():

@@ -22,11 +22,11 @@ def fit_to_contract(x: torch.Tensor, pre: Preprocess) -> torch.Tensor:
     """
     h, w = pre.input_size
     H, W = x.shape[-2:]
-    if (H, W) == (h, w):
+    columns = pre.crop_columns(H, W)
+    if columns == (0, W):
         return x
-    if pre.template == "sphereface" and H == h and W == H and w * 112 == W * 96:
-        off = (W - w) // 2
-        return x[..., off : off + w]
+    if columns is not None:
+        return x[..., columns[0] : columns[1]]
     dtype = x.dtype
     y = F.interpolate(x.float(), size=(h, w), mode="bilinear", antialias=True, align_corners=False)
     return y.round().clamp(0, 255).to(dtype) if dtype == torch.uint8 else y
