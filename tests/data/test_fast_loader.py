@@ -183,3 +183,23 @@ def test_batches_kept_by_the_caller_stay_intact_with_reused_worker_buffers(rec, 
     assert len(kept) == len(expected) == 12
     for (x, y), (u, v) in zip(kept, expected):
         assert torch.equal(x, u) and torch.equal(y, v)
+
+
+@pytest.mark.parametrize("preprocess", [None, Preprocess(input_size=(40, 40))], ids=["uint8", "float"])
+def test_worker_batches_arrive_without_a_copy_and_their_buffers_come_back(rec, preprocess):
+    """Batches are yielded in the workers' buffers: a dropped batch's buffer is filled again
+    (a handful of distinct buffers for 12 batches), while a kept view of one keeps it busy."""
+    data = TrainData(train=RecordFaceDataset(rec), num_classes=6, num_workers=1, seed=2)
+    sampler = EpochSampler(len(data.train), 2, seed=2)
+    ref = list(TrainData(train=RecordFaceDataset(rec), num_classes=6, num_workers=0, seed=2)
+               .loader(sampler, 0, preprocess=preprocess))
+    addresses, kept = set(), []
+    for i, (x, _) in enumerate(data.loader(sampler, 0, preprocess=preprocess)):
+        assert x.is_contiguous(memory_format=torch.channels_last)
+        addresses.add(x.data_ptr())
+        if i == 3:
+            kept.append((i, x[1]))  # a view: the whole buffer must stay this batch's
+        del x
+    assert len(addresses) <= 6  # the worker's pool of 4 (+ fresh ones while all were busy)
+    for i, view in kept:
+        assert torch.equal(view, ref[i][0][1])

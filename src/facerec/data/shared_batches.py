@@ -4,9 +4,13 @@ A fresh shared-memory buffer costs a page fault per 4 KiB page on first touch, i
 that fills it and again in the process that reads it: for a batch of 128 112x112 uint8 images
 that was about as much time as decoding a third of them (measured in `benchmarks/loader.py`).
 A worker therefore fills buffers from a small pool; each buffer begins with a 16-byte header
-(a marker and a busy flag) that the training process clears with `release` once it has copied
-the batch out. A worker never writes into a buffer whose flag is set: when all of its buffers
-are busy it allocates a fresh one, so reuse can only save time, never corrupt a batch.
+(a marker and a busy flag) that the training process clears with `release` once nothing reads
+the batch any more. A worker never writes into a buffer whose flag is set: when all of its
+buffers are busy it allocates a fresh one, so reuse can only save time, never corrupt a batch.
+
+The training process need not copy a batch out either: `lease` hands it the buffer itself as a
+tensor that releases the buffer when the last tensor sharing its memory is freed (a view kept by
+autograd, a list of batches the caller keeps: the buffer stays busy exactly as long).
 """
 
 from __future__ import annotations
@@ -49,6 +53,34 @@ class SharedBatchPool:
 def _view(raw: torch.Tensor, shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:
     itemsize = torch.empty(0, dtype=dtype).element_size()
     return torch.empty(0, dtype=dtype).set_(raw.untyped_storage(), _HEADER_BYTES // itemsize, shape)
+
+
+class _Lease:
+    """Exposes a pooled batch's memory to numpy (`__array_interface__`) and releases the buffer
+    when collected: numpy keeps it as the array's base, torch keeps that array with the storage
+    of every tensor made from it."""
+
+    def __init__(self, batch: torch.Tensor) -> None:
+        self._batch = batch  # keeps the mapping alive as long as the lease
+        itemsize = batch.element_size()
+        self.__array_interface__ = {
+            "data": (batch.data_ptr(), False), "shape": tuple(batch.shape), "version": 3,
+            "typestr": batch.numpy().dtype.str, "strides": tuple(s * itemsize for s in batch.stride()),
+        }
+
+    def __del__(self) -> None:
+        try:
+            release(self._batch)
+        except Exception:  # interpreter shutdown: nobody will take the buffer again anyway
+            pass
+
+
+def lease(batch: torch.Tensor) -> torch.Tensor:
+    """`batch` (a pooled buffer as `SharedBatchPool.take` gave it, or a view of one) as a tensor
+    on the same memory that gives the buffer back to its worker once it, and every tensor
+    sharing its storage, is freed: zero-copy delivery that never lets a worker overwrite a batch
+    still in use. Do not also `release` the batch."""
+    return torch.from_numpy(np.asarray(_Lease(batch)))
 
 
 def release(batch: torch.Tensor) -> None:

@@ -79,9 +79,11 @@ class TrainData:
         bytes to move). With it: float32 batches ready for that model, each image converted while
         it is in cache where the dataset can (`read_batch`), else per batch here.
 
-        With workers, the workers decode and mirror into reused shared buffers and this process
-        copies or converts each batch out of its buffer (then free for the worker again): fresh
-        shared memory costs a page fault per 4 KiB in both processes, more than the copy.
+        With workers, the workers decode, mirror (and convert) into reused shared buffers, and
+        each batch is yielded in its buffer, no copy: the buffer goes back to its worker when
+        the last tensor on it is freed (`shared_batches.lease`). Fresh shared memory would cost
+        a page fault per 4 KiB in both processes, a copy another pass over the batch; only
+        batches for CUDA are copied, into pinned memory.
         """
         batches = sampler.batches(epoch, start_batch)
         batched = hasattr(self.train, "__getitems__")
@@ -94,7 +96,7 @@ class TrainData:
             if hasattr(self.train, "read_batch"):
                 fmt = _input_format(self.train, preprocess) if preprocess is not None else None
                 pooled = self.num_workers > 0
-                source = _BatchReads(self.train, fmt, convert=fmt is not None and not pooled, pooled=pooled)
+                source = _BatchReads(self.train, fmt, convert=fmt is not None, pooled=pooled)
         pin = torch.cuda.is_available() and preprocess is None
         dl = DataLoader(source, batch_sampler=requests, num_workers=self.num_workers,
                         persistent_workers=False, pin_memory=pin and not pooled,
@@ -105,27 +107,23 @@ class TrainData:
         for i, batch in enumerate(dl):
             x, y = batch[0], torch.as_tensor(batch[1])
             self._epoch, self._indices, self._preflipped = epoch, torch.tensor(batches[i]), batched
-            shared = x if pooled else None
+            if pooled and x.numel():
+                from facerec.data.shared_batches import lease, release
+
+                mapped.append(x.untyped_storage())
+                if pin:  # a pinned copy for the accelerator; the buffer is free again at once
+                    shared, x = x, x.pin_memory()
+                    release(shared)
+                    del shared
+                else:
+                    x = lease(x)
             if batched:  # [B, H, W, 3] -> an NCHW view in channels-last memory, no copy
                 x = x.permute(0, 3, 1, 2)
                 self.skipped.extend(batch[2])  # records left out (already mirrored: nothing else to align)
             if preprocess is not None and x.shape[0] and x.dtype == torch.uint8:
-                if fmt is None:
-                    x = self.to_input(x, preprocess, train=True)
-                else:
-                    from facerec.data.dataset import convert_batch
-
-                    x = convert_batch(x.permute(0, 2, 3, 1), fmt).permute(0, 3, 1, 2)
-            elif shared is not None:  # uint8 out: the caller's own copy (of the contiguous NHWC
-                own = shared[: x.shape[0]]  # array: a plain memcpy, unlike a channels-last clone)
-                x = (own.pin_memory() if pin else own.clone()).permute(0, 3, 1, 2)
-            if shared is not None:
-                from facerec.data.shared_batches import release
-
-                release(shared)
-                mapped.append(shared.untyped_storage())
+                x = self.to_input(x, preprocess, train=True)
             yield x, y
-            del x, y, batch, shared  # the caller may have let go: free before the next batch
+            del x, y, batch  # the caller may have let go: free (and release) before the next batch
 
     def flip_mask(self, epoch: int, indices: torch.Tensor) -> torch.Tensor:
         """Whether each sample is mirrored in `epoch`: a seeded coin per (epoch, sample index), so
