@@ -8,7 +8,6 @@ that N ranks with batch B/N train on exactly the images one process with batch B
 
 from __future__ import annotations
 
-from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator
@@ -101,16 +100,15 @@ class TrainData:
         dl = DataLoader(source, batch_sampler=requests, num_workers=self.num_workers,
                         persistent_workers=False, pin_memory=pin and not pooled,
                         collate_fn=collate_batch if batched else None)
-        # the workers' reused buffers stay mapped here: received again, they need no new mapping
-        # (torch finds them by file in its cache) and so no page faults
-        mapped: deque = deque(maxlen=max(1, self.num_workers) * 6)
+        from facerec.data.shared_batches import BatchReceiver, lease, release
+
+        receiver = BatchReceiver()  # the workers' buffers, each mapped here once
         for i, batch in enumerate(dl):
             x, y = batch[0], torch.as_tensor(batch[1])
             self._epoch, self._indices, self._preflipped = epoch, torch.tensor(batches[i]), batched
+            if pooled:
+                x = receiver.receive(x)
             if pooled and x.numel():
-                from facerec.data.shared_batches import lease, release
-
-                mapped.append(x.untyped_storage())
                 if pin:  # a pinned copy for the accelerator; the buffer is free again at once
                     shared, x = x, x.pin_memory()
                     release(shared)
@@ -161,8 +159,11 @@ class _BatchReads(Dataset):
 
     def __getitems__(self, indices: list):
         x, y, skipped = self.dataset.read_batch(indices, self.fmt, convert=self.convert, pool=self.pool)
-        # labels as numpy: pickled inline, where a tensor would get a shared-memory file of its own
-        return x, y.numpy() if self.pool is not None else y, skipped
+        if self.pool is None:
+            return x, y, skipped
+        # labels as numpy: pickled inline, where a tensor would get a shared-memory file of its own;
+        # a buffer already sent once travels as a handle
+        return self.pool.parcel(x), y.numpy(), skipped
 
 
 def _input_format(dataset: Dataset, pre: Preprocess):
