@@ -3,6 +3,7 @@
 import json
 import os
 import socket
+from datetime import timedelta
 
 import pytest
 import torch
@@ -93,3 +94,59 @@ def test_two_processes_match_one_process_on_the_same_global_batch(tmp_path):
     with pytest.raises(CheckpointError, match="written by 2 process"):
         train(load_config(None, [*BASE, cache, "train.batch_size=8", "head.type=fc"]), tmp_path / "one",
               resume=str(sorted(ddp_run.glob("checkpoints/*.pt"))[-1]), log=False)
+
+
+def _fp16_worker(rank, world, port, overrides, run_dir, out):
+    """A 2-process fp16 run in which only rank 1's head shard overflows, on its 2nd backward."""
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), LOCAL_RANK=str(rank),
+                      WORLD_SIZE=str(world))
+    from facerec.train import engine
+    from facerec.train.runtime import Runtime
+
+    real_build = engine.build_classifier
+
+    def build(cfg, num_classes, world_size=1):
+        head = real_build(cfg, num_classes, world_size)
+        calls = [0]
+
+        def overflow(grad):
+            calls[0] += 1
+            if rank == 1 and calls[0] == 2:
+                grad = grad.clone()
+                grad[0, 0] = float("inf")
+            return grad
+
+        head.weight.register_hook(overflow)
+        return head
+
+    engine.build_classifier = build
+    try:  # ranks that disagree on skipping deadlock in the next collective: fail in 60 s, not 30 min
+        torch.distributed.init_process_group("gloo", rank=rank, world_size=world, timeout=timedelta(seconds=60))
+        runtime = Runtime.from_env("fp16")
+        runtime.scaler = torch.amp.GradScaler("cpu", init_scale=1024.0)
+        result = train(load_config(None, overrides), run_dir, runtime=runtime, log=False)
+        out[rank] = {"backbone": {k: v.detach().clone() for k, v in result.model.named_parameters()},
+                     "steps": result.steps, "bad_steps": result.bad_steps, "scale": runtime.grad_scale}
+    finally:
+        engine.build_classifier = real_build
+        if torch.distributed.is_initialized():
+            torch.distributed.destroy_process_group()
+
+
+@pytest.mark.slow  # fp16 kernel set-up in two fresh processes: ~30 s
+def test_fp16_overflow_on_one_rank_is_skipped_on_every_rank(tmp_path):
+    """Partial FC's shards are not all-reduced, so an overflow can be one rank's alone: every
+    rank must skip that step and back its loss scale off, or the replicas part ways."""
+    overrides = [*BASE, f"data.cache_dir={tmp_path / 'cache'}", "train.batch_size=8", "head.type=fc",
+                 "train.precision=fp16", "optim.grad_clip=0"]
+    out = mp.Manager().dict()
+    run = tmp_path / "fp16"
+    mp.spawn(_fp16_worker, args=(2, _port(), overrides, run, out), nprocs=2, join=True)
+    out = {r: out[r] for r in (0, 1)}
+    assert out[0]["bad_steps"] == out[1]["bad_steps"] == 1
+    assert out[0]["steps"] == out[1]["steps"] == 2
+    assert out[0]["scale"] == out[1]["scale"] == 512.0
+    for name, p in out[0]["backbone"].items():
+        assert torch.equal(p, out[1]["backbone"][name]), name
+    bad = [r for r in map(json.loads, (run / "metrics.jsonl").read_text().splitlines()) if r.get("event") == "bad_step"]
+    assert [(r["step"], r["grad_scale"]) for r in bad] == [(1, 512.0)]
