@@ -416,3 +416,82 @@ def test_devkit_errors_name_the_file(tmp_path, capsys):
                  str(lists / "megaface_features_list.json"), "--facescrub-list",
                  str(lists / "facescrub_features_list.json"), "--sizes", "10,1000"]) == 2
     assert "megaface_features_list.json_1000_1" in capsys.readouterr().err
+
+
+# ---- block search internals: row-maximum pre-pass, reused buffers --------------------------------
+
+def _count_gathered_blocks(monkeypatch):
+    """Counts the blocks whose candidates were found on a gathered subset of rows."""
+    import facerec.eval.search as search
+
+    calls = {"gathered": 0, "blocks": 0}
+    orig = search._candidates
+
+    def spy(*args, **kwargs):
+        hot, mask = orig(*args, **kwargs)
+        calls["blocks"] += 1
+        calls["gathered"] += hot is not None
+        return hot, mask
+
+    monkeypatch.setattr(search, "_candidates", spy)
+    return calls
+
+
+@pytest.mark.parametrize("data,screen", [("random", "none"), ("near_ties", "none"), ("near_ties", "bf16")])
+def test_row_maximum_prepass_is_bitwise_exact(monkeypatch, data, screen):
+    """Many small chunks against few k: most blocks go through the gathered-rows path, whose
+    per-row and global top-k must still equal the brute force bit for bit."""
+    from facerec.eval.search import topk_search
+
+    calls = _count_gathered_blocks(monkeypatch)
+    if data == "random":
+        g = torch.Generator().manual_seed(7)
+        q, b = torch.randn(64, 32, generator=g), torch.randn(12000, 32, generator=g)
+    else:
+        q, b = near_tie_data()
+    ref, full = reference_topk(q, b, 3)
+    rows, glob = topk_search(_unit(q), b, 3, 20, chunk=64, block_elements=64 * 16, screen=screen)
+    assert torch.equal(rows, ref) and torch.equal(glob, torch.topk(full.flatten(), 20)[0])
+    assert torch.equal(topk_scores(q, b, 3, chunk=64, block_elements=64 * 16, screen=screen), ref)
+    assert calls["gathered"] > calls["blocks"] // 2  # the path under test was taken
+
+
+def test_nan_distractor_does_not_hide_a_block(monkeypatch):
+    """A NaN row makes every row maximum of its block NaN; those rows must still be searched
+    (the NaN item itself is never a candidate, as before)."""
+    from facerec.eval.search import topk_search
+
+    g = torch.Generator().manual_seed(8)
+    q, b = torch.randn(16, 32, generator=g), torch.randn(5000, 32, generator=g)
+    clean = topk_search(_unit(q), b, 4, chunk=50)[0]
+    bad = b.clone()
+    bad[4321] = float("nan")
+    bad[2210] = _unit(q)[0] * 7.0  # a top-1 match for query 0 in a NaN-free block...
+    bad[4322] = _unit(q)[1] * 3.0  # ...and one next to the NaN row, in the same chunk
+    ref, _ = reference_topk(q, torch.cat([bad[:4321], bad[4322:]]), 4)
+    assert torch.equal(topk_search(_unit(q), bad, 4, chunk=50)[0], ref)
+    assert not torch.equal(ref, clean)
+
+
+def test_unit_rows_into_matches_unit_rows():
+    from facerec.eval.search import _unit_rows_into, unit_rows
+
+    g = torch.Generator().manual_seed(9)
+    x = torch.randn(300, 512, generator=g) * torch.logspace(-20, 20, 300)[:, None]
+    x[5] = 0.0
+    buf = torch.empty(512, 512)
+    for rows in (1, 7, 300):
+        got = _unit_rows_into(x[:rows], buf)
+        assert got.data_ptr() == buf.data_ptr() and torch.equal(got, unit_rows(x[:rows]))
+
+
+def test_topk_scores_normalises_numpy_and_fp64_queries_per_group():
+    from facerec.eval.search import topk_search
+
+    g = torch.Generator().manual_seed(10)
+    q = torch.randn(50, 24, generator=g, dtype=torch.float64) * 3
+    b = torch.randn(900, 24, generator=g)
+    ref, _ = reference_topk(q.float(), b, 5)
+    for queries in (q.float(), q.float().numpy(), q.float().t().contiguous().t()):  # incl. column-major
+        assert torch.equal(topk_scores(queries, b, 5, chunk=100, block_elements=100 * 8), ref)
+    assert torch.equal(topk_search(_unit(q.float()), b.numpy(), 5, chunk=100)[0], ref)

@@ -74,7 +74,7 @@ def _far_key(far: float) -> str:
 
 
 def megaface_evaluate(
-    probe_features, probe_labels, distractor_features, max_rank: int = 10, fars=(1e-6,), chunk: int = 65536,
+    probe_features, probe_labels, distractor_features, max_rank: int = 10, fars=(1e-6,), chunk: int | None = None,
     probe_names=None, distractor_names=None, probe_noise: set[str] | None = None,
     distractor_noise: set[str] | None = None, use_faiss: bool = False, screen: str = "auto",
 ) -> IdentificationResult:

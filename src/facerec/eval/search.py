@@ -14,6 +14,11 @@ threshold t~ - 2 delta. Candidates are rescored exactly and merged, so the resul
 top-k of the full exact score matrix. A block that yields too many candidates in bf16 / fp16
 is screened again in fp32 (for D = 512, delta is 3.1e-5 instead of 1.2e-2); candidates are
 always rescored in batches of bounded size, so memory stays bounded even when every score ties.
+
+Once the running top-k's have filled, most rows of a block hold no candidate; a row maximum
+(one read-only pass) finds the rows that do, and only those are compared item by item. The
+distractor chunk, the query group, the scores and the mask live in fixed-size buffers reused by
+every block, so the search's memory beyond the base does not grow with N.
 """
 
 from __future__ import annotations
@@ -33,13 +38,21 @@ _U32 = 2.0**-24  # unit roundoff of fp32
 _UNIT = {"none": 0.0, "bf16": 2.0**-8, "fp16": 2.0**-11}  # unit roundoff of the screen's inputs
 _DTYPE = {"none": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 _RESCORE_PAIRS = 8192  # pairs rescored at once: 8192 x D x 8 bytes of fp64 temporaries
+_SEARCH_PAIRS = 512  # candidate pairs of a search block rescored at once (a few MiB of temporaries:
+# 8192 pairs made 60 MiB of transient peaks, more than the search's buffers)
 _NONZERO_MAX = 1 << 20  # candidate index pairs listed at once (16 MiB)
+# Block shape: 2048 queries x 2048 distractors. Fixed, not a fraction of N, so memory does not grow
+# with the base; the 16 MiB of scores stay in L3 for the threshold pass, and this shape ran the
+# matmul at ~0.97 of a large GEMM (65536-row chunks x 256 queries, the former 1M setting: ~0.6)
+_CHUNK_ROWS = 2048  # distractor rows normalised at once (4 MiB at D = 512)
+_BLOCK_ELEMENTS = 1 << 22  # scores per block: with _CHUNK_ROWS, groups of 2048 queries
 _accumulation_ok: dict[tuple[str, str], tuple[bool, bool]] = {}
 
 
 def unit_rows(x: np.ndarray | torch.Tensor) -> torch.Tensor:
-    """Rows of `x` as fp32 unit vectors (a zero row stays zero)."""
-    t = torch.as_tensor(np.ascontiguousarray(x) if isinstance(x, np.ndarray) else x).float()
+    """Rows of `x` as fp32 unit vectors (a zero row stays zero). The rows are made contiguous
+    first: the norm's summation order follows the layout, and the bits must not."""
+    t = torch.as_tensor(np.ascontiguousarray(x) if isinstance(x, np.ndarray) else x).float().contiguous()
     return torch.nn.functional.normalize(t, dim=1)
 
 
@@ -236,78 +249,159 @@ class _TopK:
         self.best.view(-1).index_copy_(0, touched[owner[sel]] * k + pos[keep], vals[sel])
 
 
-def topk_search(queries: torch.Tensor, base, k: int, k_global: int = 0, chunk: int = 65536,
-                block_elements: int = 1 << 24, screen: str = "auto", use_faiss: bool = False,
+def topk_search(queries: torch.Tensor, base, k: int, k_global: int = 0, chunk: int | None = None,
+                block_elements: int | None = None, screen: str = "auto", use_faiss: bool = False,
                 device: torch.device | str | None = None, candidate_cap: int | None = None,
                 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Exact top-k canonical scores of unit `queries` [Q, D] against the rows of `base`.
 
     Returns (per-query top-k [Q, k] descending, the top `k_global` scores over all Q x N pairs
-    descending); -inf pads when fewer items exist. `base` rows are normalised here, one chunk
-    at a time. Memory: the base plus O(chunk * D + block_elements + Q * k + k_global).
-    `candidate_cap` (default max(4 * block rows * k + 4 * k_global, 2^16)) is the number of
-    candidates of one block above which a bf16 / fp16 block is screened again in fp32. With
-    `use_faiss` faiss's fp32 index screens instead (`screen` is then unused)."""
-    dev = torch.device(device) if device is not None else (
-        base.device if isinstance(base, torch.Tensor) else torch.device("cpu"))
+    descending); -inf pads when fewer items exist. `base` rows are normalised here, `chunk` rows
+    at a time (default `_CHUNK_ROWS`; 65536 with faiss), and scored against groups of queries so
+    no block exceeds `block_elements` scores (default `_BLOCK_ELEMENTS`). Memory: the base plus
+    O(chunk * D + block_elements + Q * k + k_global), independent of N. `candidate_cap` (default
+    max(4 * block rows * k + 4 * k_global, 2^16)) is the number of candidates of one block above
+    which a bf16 / fp16 block is screened again in fp32. With `use_faiss` faiss's fp32 index
+    screens instead (`screen` is then unused)."""
+    dev = _device_of(base, device)
+    q = queries.float().to(dev)
+    if q.numel() and float(q.norm(dim=1).max()) > unit_norm_bound(int(q.shape[1])):
+        raise ValueError("topk_search needs unit-norm queries (see unit_rows); the error bounds assume them")
+    return _search(q, base, k, k_global, chunk, block_elements, screen, use_faiss, dev, candidate_cap, False)
+
+
+def _device_of(base, device: torch.device | str | None) -> torch.device:
+    if device is not None:
+        return torch.device(device)
+    return base.device if isinstance(base, torch.Tensor) else torch.device("cpu")
+
+
+def _search(queries, base, k: int, k_global: int, chunk: int | None, block_elements: int | None, screen: str,
+            use_faiss: bool, dev: torch.device, candidate_cap: int | None, normalise: bool,
+            ) -> tuple[torch.Tensor, torch.Tensor]:
+    """`topk_search` on `queries` that are unit rows already (`normalise` False) or are
+    normalised here, one group at a time, so no normalised copy of all queries is held."""
     if k < 1 or k_global < 0:
         raise ValueError(f"topk_search needs k >= 1 and k_global >= 0, got k={k}, k_global={k_global}")
-    q = queries.float().to(dev)
-    n, dim = int(base.shape[0]), int(q.shape[1])
-    if q.numel() and float(q.norm(dim=1).max()) > unit_norm_bound(dim):
-        raise ValueError("topk_search needs unit-norm queries (see unit_rows); the error bounds assume them")
-    rows = _TopK(q.shape[0], k, dev)
-    glob = _TopK(1, k_global, dev)
+    num_q, dim = int(queries.shape[0]), int(queries.shape[1])
+    rows, glob = _TopK(num_q, k, dev), _TopK(1, k_global, dev)
     if use_faiss:
-        return _faiss_search(q, base, max(k, k_global), chunk, rows, glob, k)
-    mode = resolve_screen(screen, dev)
-    fp32_out = True
-    if mode != "none":
-        ok, fp32_out = _screen_backend(mode, dev)
-        if not ok:
-            mode = "none"  # this backend does not accumulate in fp32: the bound would not hold
-    delta = screen_error_bound(dim, mode, rounded_output=not fp32_out)
-    delta32 = screen_error_bound(dim, "none")
-    q_low = q.to(_DTYPE[mode]) if mode != "none" else q
-    # working buffers in proportion to the base (at most 1/8 of it for the normalised chunk, 1/16
-    # for a score block), so memory stays near the base at 100k as at 1M (smaller buffers, 1/32
-    # and 1/64, saved ~10 MiB at 100k but cost 1M 64% -> 59% of the matmul throughput)
-    chunk = max(1, min(chunk, max(8192, n // 8)))
-    block_elements = min(block_elements, max(1 << 22, n * dim // 16))
-    group = max(1, block_elements // max(1, min(chunk, n)))
+        q = unit_rows(queries).to(dev) if normalise else queries
+        return _faiss_search(q, base, max(k, k_global), chunk or 65536, rows, glob, k)
+    scan = _Scan(resolve_screen(screen, dev), dev, dim, candidate_cap)
+    n = int(base.shape[0])
+    chunk = max(1, min(chunk or _CHUNK_ROWS, n))
+    group = max(1, min(num_q, (block_elements or _BLOCK_ELEMENTS) // chunk))
+    b_buf = torch.empty(chunk, dim, device=dev)
+    q_buf = torch.empty(group, dim, device=dev) if normalise else None
+    scan.allocate(group, chunk)
     with _ieee_matmul():
         for start in range(0, n, chunk):
-            b = unit_rows(torch.as_tensor(base[start : start + chunk]).to(dev))
-            bt = b.t()  # a transposed view: BLAS reads it as is, no copy
-            bt_low = bt.to(_DTYPE[mode]) if mode != "none" else bt
-            for qs in range(0, q.shape[0], group):
-                sl = slice(qs, qs + group)
-                scr = _matmul(q_low[sl], bt_low, fp32_out)
-                cap = candidate_cap or max(4 * scr.shape[0] * k + 4 * k_global, 1 << 16)
-                mask = _candidates(rows, glob, sl, scr, delta)
-                if mode != "none" and int(torch.count_nonzero(mask)) > cap:
-                    scr = q[sl] @ bt  # too many near-ties for the low-precision window: fp32
-                    mask = _candidates(rows, glob, sl, scr, delta32)
-                del scr
-                _rescore(mask, q, b, qs, rows, glob)
-                glob.seen += mask.numel()
-                del mask
+            b = _unit_rows_into(_fp32_rows(base, start, start + chunk, dev), b_buf)
+            scan.set_chunk(b)
+            for qs in range(0, num_q, group):
+                qb = _fp32_rows(queries, qs, qs + group, dev)
+                scan.block(_unit_rows_into(qb, q_buf) if normalise else qb, qs, rows, glob)
             rows.seen += b.shape[0]
-            del b, bt, bt_low  # before the next chunk is normalised, not after
     return rows.best, glob.best[0]
 
 
-def _candidates(rows: _TopK, glob: _TopK, sl: slice, scr: torch.Tensor, delta: float) -> torch.Tensor:
-    mask = scr >= rows.threshold(sl, scr, delta)[:, None]
+def _fp32_rows(x, start: int, stop: int, dev: torch.device) -> torch.Tensor:
+    """Rows start:stop of an array or tensor as a contiguous fp32 tensor on `dev` (a view when
+    they are one already; contiguous as in `unit_rows`, so the normalised bits agree)."""
+    part = x[start:stop]
+    if isinstance(part, np.ndarray):
+        part = np.ascontiguousarray(part)
+    return torch.as_tensor(part).to(dev).float().contiguous()
+
+
+def _unit_rows_into(x: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
+    """`unit_rows(x)` written into the first rows of `out`: the same norm and division (so the
+    same bits), in a buffer the search reuses instead of allocating one per chunk."""
+    norm = torch.linalg.vector_norm(x, dim=1, keepdim=True).clamp_min_(1e-12)
+    return torch.div(x, norm, out=out[: x.shape[0]])
+
+
+class _Scan:
+    """Screens blocks of (query group x distractor chunk) scores and rescores the candidates
+    exactly into the running top-k's. The fp32 screen and the candidate mask are written into
+    buffers reused by every block."""
+
+    def __init__(self, mode: str, dev: torch.device, dim: int, candidate_cap: int | None):
+        self.fp32_out = True
+        if mode != "none":
+            ok, self.fp32_out = _screen_backend(mode, dev)
+            if not ok:
+                mode = "none"  # this backend does not accumulate in fp32: the bound would not hold
+        self.mode, self.cap = mode, candidate_cap
+        self.delta = screen_error_bound(dim, mode, rounded_output=not self.fp32_out)
+        self.delta32 = screen_error_bound(dim, "none")
+        self.scores = torch.empty(0, device=dev)
+        self.mask = torch.empty(0, dtype=torch.bool, device=dev)
+
+    def allocate(self, group: int, chunk: int) -> None:
+        """The reused buffers for blocks of up to `group` x `chunk` scores."""
+        self.scores = torch.empty(group * chunk, device=self.scores.device)
+        self.mask = torch.empty(group * chunk, dtype=torch.bool, device=self.scores.device)
+
+    def set_chunk(self, b: torch.Tensor) -> None:
+        """The unit distractor rows [C, D] the next blocks are scored against."""
+        self.b, self.bt = b, b.t()  # a transposed view: BLAS reads it as is, no copy
+        self.bt_low = self.bt.to(_DTYPE[self.mode]) if self.mode != "none" else self.bt
+
+    def block(self, qb: torch.Tensor, qs: int, rows: "_TopK", glob: "_TopK") -> None:
+        """Screen the unit queries `qb` (rows qs.. of the search) against the chunk, rescore."""
+        sl = slice(qs, qs + qb.shape[0])
+        if self.mode == "none":
+            scr = self._fp32_scores(qb)
+            hot, mask = _candidates(rows, glob, sl, scr, self.delta, self.mask)
+        else:
+            scr = _matmul(qb.to(_DTYPE[self.mode]), self.bt_low, self.fp32_out)
+            hot, mask = _candidates(rows, glob, sl, scr, self.delta)
+            cap = self.cap or max(4 * scr.shape[0] * rows.k + 4 * glob.k, 1 << 16)
+            if int(torch.count_nonzero(mask)) > cap:  # too many near-ties for the low-precision window
+                del scr, hot, mask
+                scr = self._fp32_scores(qb)
+                hot, mask = _candidates(rows, glob, sl, scr, self.delta32, self.mask)
+        del scr
+        _rescore(mask, hot, qb, self.b, qs, rows, glob)
+        glob.seen += qb.shape[0] * self.b.shape[0]
+
+    def _fp32_scores(self, qb: torch.Tensor) -> torch.Tensor:
+        out = self.scores[: qb.shape[0] * self.b.shape[0]].view(qb.shape[0], self.b.shape[0])
+        return torch.mm(qb, self.bt, out=out)
+
+
+def _candidates(rows: _TopK, glob: _TopK, sl: slice, scr: torch.Tensor, delta: float,
+                buf: torch.Tensor | None = None) -> tuple[torch.Tensor | None, torch.Tensor]:
+    """(rows of the block holding candidates, or None for all; their candidate mask).
+
+    An item is a candidate if its screened score reaches its row's threshold or the global one,
+    i.e. the smaller of the two. A row whose maximum is below its threshold holds none: one
+    read-only pass (a row maximum) spares the mask of most rows once the top-k's have filled.
+    A NaN maximum counts as a hit (the mask's >= then skips the NaN, as for every row). The mask
+    is written into `buf` when it holds that many elements."""
+    thr = rows.threshold(sl, scr, delta)
     if glob.k:
-        mask |= scr >= glob.threshold(slice(0, 1), scr.reshape(1, -1), delta)[0]
-    return mask
+        thr = torch.minimum(thr, glob.threshold(slice(0, 1), scr.reshape(1, -1), delta))
+    hot = torch.nonzero(~(scr.amax(dim=1) < thr)).flatten()
+    if 4 * hot.numel() > scr.shape[0]:  # most rows: one mask of the block, not a gathered copy
+        return None, _ge(scr, thr[:, None], buf)
+    return hot, _ge(scr.index_select(0, hot), thr[hot, None], buf)
 
 
-def _rescore(mask: torch.Tensor, q: torch.Tensor, b: torch.Tensor, qs: int, rows: _TopK, glob: _TopK) -> None:
-    """Exact scores of the masked pairs of a block, merged into both running top-k's, in batches
-    of _RESCORE_PAIRS; a mask with more than _NONZERO_MAX pairs is taken in slices of rows so the
-    index lists stay bounded too."""
+def _ge(a: torch.Tensor, b: torch.Tensor, buf: torch.Tensor | None) -> torch.Tensor:
+    """a >= b, into the front of the flat bool buffer `buf` when it is large enough."""
+    if buf is None or buf.numel() < a.numel():
+        return a >= b
+    return torch.ge(a, b, out=buf[: a.numel()].view(a.shape))
+
+
+def _rescore(mask: torch.Tensor, hot: torch.Tensor | None, qb: torch.Tensor, b: torch.Tensor, qs: int,
+             rows: _TopK, glob: _TopK) -> None:
+    """Exact scores of the masked pairs of a block (mask row i is block row hot[i], or i when
+    `hot` is None), merged into both running top-k's, in batches of _SEARCH_PAIRS; a mask with
+    more than _NONZERO_MAX pairs is taken in slices of rows so the index lists stay bounded too."""
     total = int(torch.count_nonzero(mask))
     if total == 0:
         return
@@ -318,16 +412,18 @@ def _rescore(mask: torch.Tensor, q: torch.Tensor, b: torch.Tensor, qs: int, rows
                                   torch.arange(1, total // _NONZERO_MAX + 2) * _NONZERO_MAX, right=True)
         bounds = sorted({0, mask.shape[0], *[min(int(e), mask.shape[0]) for e in ends]})
         slices = list(zip(bounds[:-1], bounds[1:]))
-    norm2 = unit_norm_bound(q.shape[1]) ** 2
+    norm2 = unit_norm_bound(qb.shape[1]) ** 2
     for r0, r1 in slices:
         idx = mask[r0:r1].nonzero()
-        for s in range(0, idx.shape[0], _RESCORE_PAIRS):
-            part = idx[s : s + _RESCORE_PAIRS]
-            qi = part[:, 0] + (qs + r0)
-            scores = exact_scores(q[qi], b[part[:, 1]], norm2)
-            rows.merge(qi, scores)
+        for s in range(0, idx.shape[0], _SEARCH_PAIRS):
+            part = idx[s : s + _SEARCH_PAIRS]
+            local = part[:, 0] + r0
+            if hot is not None:
+                local = hot[local]
+            scores = exact_scores(qb[local], b[part[:, 1]], norm2)
+            rows.merge(local + qs, scores)
             if glob.k:
-                glob.merge(torch.zeros_like(qi), scores)
+                glob.merge(torch.zeros_like(local), scores)
 
 
 def _faiss_search(q: torch.Tensor, base, k_eff: int, chunk: int, rows: _TopK, glob: _TopK, k: int):
@@ -381,7 +477,7 @@ def _faiss_threshold(acc: _TopK, todo: torch.Tensor, d: torch.Tensor, c: int, de
     return torch.minimum(t - delta, floor) - delta
 
 
-def topk_scores(queries, base, k: int, chunk: int = 65536, block_elements: int = 1 << 24,
+def topk_scores(queries, base, k: int, chunk: int | None = None, block_elements: int | None = None,
                 use_faiss: bool = False, screen: str = "auto", device: torch.device | str | None = None,
                 ) -> torch.Tensor:
     """The k highest cosine scores of each query against `base`, descending: [Q, k].
@@ -390,7 +486,10 @@ def topk_scores(queries, base, k: int, chunk: int = 65536, block_elements: int =
     and the result equals the top-k of the full score matrix whichever `screen` finds the
     candidates ("auto", "bf16", "fp16" on CUDA, "none" = fp32; see `resolve_screen`) and with
     `use_faiss` (faiss's exact index screens; faiss must be installed). `base` is visited in
-    chunks of rows and the queries in groups so no score block exceeds `block_elements`.
-    Memory: the base itself plus O(chunk * D + block_elements + Q * k)."""
-    top, _ = topk_search(unit_rows(queries), base, k, 0, chunk, block_elements, screen, use_faiss, device)
+    chunks of rows and the queries in groups so no score block exceeds `block_elements`; both
+    are normalised a chunk / group at a time. Memory: the base itself plus
+    O(chunk * D + block_elements + Q * k)."""
+    dev = _device_of(base, device)
+    q = torch.as_tensor(np.ascontiguousarray(queries) if isinstance(queries, np.ndarray) else queries)
+    top, _ = _search(q, base, k, 0, chunk, block_elements, screen, use_faiss, dev, None, True)
     return top[:, : min(k, int(base.shape[0]))]
