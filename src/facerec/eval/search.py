@@ -169,26 +169,36 @@ def exact_scores(q: torch.Tensor, b: torch.Tensor, norm_bound: float | None = No
     boundary (about one pair in 10^5, mostly scores near 0) the sum is redone in exact rational
     arithmetic. The result therefore depends on the two vectors only."""
     out = torch.empty(q.shape[0], dtype=torch.float32, device=q.device)
-    dim = q.shape[1]
-    gamma = dim * 2.0**-53 / (1 - dim * 2.0**-53) * (1 + 2.0**-40)
     for s in range(0, q.shape[0], _RESCORE_PAIRS):
-        qs, bs = q[s : s + _RESCORE_PAIRS], b[s : s + _RESCORE_PAIRS]
-        prod = qs.double().mul_(bs)
-        r = prod.sum(1)
-        c = r.float()
-        if norm_bound is not None:
-            unsafe = _unsafe(r, c, torch.full_like(r, gamma * norm_bound))
-            if unsafe.any():  # recheck those with the pair's own sum |q_j b_j|
-                sub = unsafe.nonzero().flatten()
-                unsafe[sub] = _unsafe(r[sub], c[sub], gamma * prod[sub].abs_().sum(1))
-        else:
-            unsafe = _unsafe(r, c, gamma * prod.abs_().sum(1))
-        for i in unsafe.nonzero().flatten().tolist():
-            f = sum((Fraction(x) * Fraction(y) for x, y in zip(qs[i].double().tolist(), bs[i].double().tolist())),
-                    Fraction(0))
-            c[i] = float(_round_fraction_to_fp32(f))
-        out[s : s + _RESCORE_PAIRS] = c
+        out[s : s + _RESCORE_PAIRS] = _exact_batch(q[s : s + _RESCORE_PAIRS], b[s : s + _RESCORE_PAIRS], norm_bound)
     return out
+
+
+def _exact_batch(qs: torch.Tensor, bs: torch.Tensor, norm_bound: float | None,
+                 prod: torch.Tensor | None = None) -> torch.Tensor:
+    """`exact_scores` of one batch; `prod`, if given, is a flat fp64 buffer (at least qs.numel())
+    the products are written into, so a search rescoring many small batches does not allocate
+    (and page-fault) fresh megabytes for each."""
+    dim = qs.shape[1]
+    gamma = dim * 2.0**-53 / (1 - dim * 2.0**-53) * (1 + 2.0**-40)
+    if prod is None:
+        prod = qs.double().mul_(bs)
+    else:
+        prod = prod[: qs.numel()].view(qs.shape).copy_(qs).mul_(bs)
+    r = prod.sum(1)
+    c = r.float()
+    if norm_bound is not None:
+        unsafe = _unsafe(r, c, torch.full_like(r, gamma * norm_bound))
+        if unsafe.any():  # recheck those with the pair's own sum |q_j b_j|
+            sub = unsafe.nonzero().flatten()
+            unsafe[sub] = _unsafe(r[sub], c[sub], gamma * prod[sub].abs_().sum(1))
+    else:
+        unsafe = _unsafe(r, c, gamma * prod.abs_().sum(1))
+    for i in unsafe.nonzero().flatten().tolist():
+        f = sum((Fraction(x) * Fraction(y) for x, y in zip(qs[i].double().tolist(), bs[i].double().tolist())),
+                Fraction(0))
+        c[i] = float(_round_fraction_to_fp32(f))
+    return c
 
 
 def _unsafe(r: torch.Tensor, c: torch.Tensor, err: torch.Tensor) -> torch.Tensor:
@@ -294,7 +304,7 @@ def _search(queries, base, k: int, k_global: int, chunk: int | None, block_eleme
     group = max(1, min(num_q, (block_elements or _BLOCK_ELEMENTS) // chunk))
     b_buf = torch.empty(chunk, dim, device=dev)
     q_buf = torch.empty(group, dim, device=dev) if normalise else None
-    scan.allocate(group, chunk)
+    scan.bufs = _Buffers(group, chunk, dim, dev)
     with _ieee_matmul():
         for start in range(0, n, chunk):
             b = _unit_rows_into(_fp32_rows(base, start, start + chunk, dev), b_buf)
@@ -322,10 +332,37 @@ def _unit_rows_into(x: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
     return torch.div(x, norm, out=out[: x.shape[0]])
 
 
+class _Buffers:
+    """Working memory of the block search, allocated once and written into (out=) by every block:
+    the scores, the rescored pairs, and `work` bytes holding either a block's candidate mask or
+    the gathered rows that hold candidates (at most a quarter of the block, see `_candidates`)
+    and their mask. Fresh multi-MiB temporaries per block were handed back to the kernel and
+    page-faulted anew each time (rescoring ran ~2.5x slower that way)."""
+
+    def __init__(self, group: int, chunk: int, dim: int, dev: torch.device):
+        self.scores = torch.empty(group * chunk, device=dev)
+        self.work = torch.empty(max(group * chunk, group // 4 * chunk * 5), dtype=torch.uint8, device=dev)
+        self.pair_q = torch.empty(_SEARCH_PAIRS * dim, device=dev)
+        self.pair_b = torch.empty(_SEARCH_PAIRS * dim, device=dev)
+        self.prod = torch.empty(_SEARCH_PAIRS * dim, dtype=torch.float64, device=dev)
+
+
+def _view(buf: torch.Tensor | None, shape: tuple[int, ...], dtype: torch.dtype, offset: int = 0,
+          ) -> torch.Tensor | None:
+    """Flat buffer `buf` from element `offset` on as a tensor of `shape` and `dtype` (a uint8
+    buffer is reinterpreted, `offset` then counts bytes), or None if `buf` is None, too small or
+    of another dtype (the caller then allocates)."""
+    if buf is None:
+        return None
+    size = math.prod(shape) * (dtype.itemsize if buf.dtype == torch.uint8 else 1)
+    if (buf.dtype != dtype and buf.dtype != torch.uint8) or buf.numel() < offset + size:
+        return None
+    return buf[offset : offset + size].view(dtype).view(shape)
+
+
 class _Scan:
     """Screens blocks of (query group x distractor chunk) scores and rescores the candidates
-    exactly into the running top-k's. The fp32 screen and the candidate mask are written into
-    buffers reused by every block."""
+    exactly into the running top-k's, in the reused `_Buffers`."""
 
     def __init__(self, mode: str, dev: torch.device, dim: int, candidate_cap: int | None):
         self.fp32_out = True
@@ -336,13 +373,7 @@ class _Scan:
         self.mode, self.cap = mode, candidate_cap
         self.delta = screen_error_bound(dim, mode, rounded_output=not self.fp32_out)
         self.delta32 = screen_error_bound(dim, "none")
-        self.scores = torch.empty(0, device=dev)
-        self.mask = torch.empty(0, dtype=torch.bool, device=dev)
-
-    def allocate(self, group: int, chunk: int) -> None:
-        """The reused buffers for blocks of up to `group` x `chunk` scores."""
-        self.scores = torch.empty(group * chunk, device=self.scores.device)
-        self.mask = torch.empty(group * chunk, dtype=torch.bool, device=self.scores.device)
+        self.bufs: _Buffers | None = None
 
     def set_chunk(self, b: torch.Tensor) -> None:
         """The unit distractor rows [C, D] the next blocks are scored against."""
@@ -354,51 +385,52 @@ class _Scan:
         sl = slice(qs, qs + qb.shape[0])
         if self.mode == "none":
             scr = self._fp32_scores(qb)
-            hot, mask = _candidates(rows, glob, sl, scr, self.delta, self.mask)
+            hot, mask = _candidates(rows, glob, sl, scr, self.delta, self.bufs)
         else:
             scr = _matmul(qb.to(_DTYPE[self.mode]), self.bt_low, self.fp32_out)
-            hot, mask = _candidates(rows, glob, sl, scr, self.delta)
+            hot, mask = _candidates(rows, glob, sl, scr, self.delta, self.bufs)
             cap = self.cap or max(4 * scr.shape[0] * rows.k + 4 * glob.k, 1 << 16)
             if int(torch.count_nonzero(mask)) > cap:  # too many near-ties for the low-precision window
                 del scr, hot, mask
                 scr = self._fp32_scores(qb)
-                hot, mask = _candidates(rows, glob, sl, scr, self.delta32, self.mask)
+                hot, mask = _candidates(rows, glob, sl, scr, self.delta32, self.bufs)
         del scr
-        _rescore(mask, hot, qb, self.b, qs, rows, glob)
+        _rescore(mask, hot, qb, self.b, qs, rows, glob, self.bufs)
         glob.seen += qb.shape[0] * self.b.shape[0]
 
     def _fp32_scores(self, qb: torch.Tensor) -> torch.Tensor:
-        out = self.scores[: qb.shape[0] * self.b.shape[0]].view(qb.shape[0], self.b.shape[0])
-        return torch.mm(qb, self.bt, out=out)
+        out = _view(self.bufs.scores if self.bufs else None, (qb.shape[0], self.b.shape[0]), torch.float32)
+        return torch.mm(qb, self.bt) if out is None else torch.mm(qb, self.bt, out=out)
 
 
 def _candidates(rows: _TopK, glob: _TopK, sl: slice, scr: torch.Tensor, delta: float,
-                buf: torch.Tensor | None = None) -> tuple[torch.Tensor | None, torch.Tensor]:
+                bufs: _Buffers | None = None) -> tuple[torch.Tensor | None, torch.Tensor]:
     """(rows of the block holding candidates, or None for all; their candidate mask).
 
     An item is a candidate if its screened score reaches its row's threshold or the global one,
     i.e. the smaller of the two. A row whose maximum is below its threshold holds none: one
     read-only pass (a row maximum) spares the mask of most rows once the top-k's have filled.
-    A NaN maximum counts as a hit (the mask's >= then skips the NaN, as for every row). The mask
-    is written into `buf` when it holds that many elements."""
+    A NaN maximum counts as a hit (the mask's >= then skips the NaN, as for every row)."""
     thr = rows.threshold(sl, scr, delta)
     if glob.k:
         thr = torch.minimum(thr, glob.threshold(slice(0, 1), scr.reshape(1, -1), delta))
     hot = torch.nonzero(~(scr.amax(dim=1) < thr)).flatten()
+    work = bufs.work if bufs else None
     if 4 * hot.numel() > scr.shape[0]:  # most rows: one mask of the block, not a gathered copy
-        return None, _ge(scr, thr[:, None], buf)
-    return hot, _ge(scr.index_select(0, hot), thr[hot, None], buf)
+        return None, _ge(scr, thr[:, None], _view(work, tuple(scr.shape), torch.bool))
+    shape = (hot.numel(), scr.shape[1])
+    sub = _view(work, shape, scr.dtype)
+    sub = scr.index_select(0, hot) if sub is None else torch.index_select(scr, 0, hot, out=sub)
+    return hot, _ge(sub, thr[hot, None], _view(work, shape, torch.bool, sub.numel() * sub.element_size()))
 
 
-def _ge(a: torch.Tensor, b: torch.Tensor, buf: torch.Tensor | None) -> torch.Tensor:
-    """a >= b, into the front of the flat bool buffer `buf` when it is large enough."""
-    if buf is None or buf.numel() < a.numel():
-        return a >= b
-    return torch.ge(a, b, out=buf[: a.numel()].view(a.shape))
+def _ge(a: torch.Tensor, b: torch.Tensor, out: torch.Tensor | None) -> torch.Tensor:
+    """a >= b, into `out` when given."""
+    return a >= b if out is None else torch.ge(a, b, out=out)
 
 
 def _rescore(mask: torch.Tensor, hot: torch.Tensor | None, qb: torch.Tensor, b: torch.Tensor, qs: int,
-             rows: _TopK, glob: _TopK) -> None:
+             rows: _TopK, glob: _TopK, bufs: _Buffers | None = None) -> None:
     """Exact scores of the masked pairs of a block (mask row i is block row hot[i], or i when
     `hot` is None), merged into both running top-k's, in batches of _SEARCH_PAIRS; a mask with
     more than _NONZERO_MAX pairs is taken in slices of rows so the index lists stay bounded too."""
@@ -420,10 +452,17 @@ def _rescore(mask: torch.Tensor, hot: torch.Tensor | None, qb: torch.Tensor, b: 
             local = part[:, 0] + r0
             if hot is not None:
                 local = hot[local]
-            scores = exact_scores(qb[local], b[part[:, 1]], norm2)
+            scores = _exact_batch(_gather(qb, local, bufs and bufs.pair_q), _gather(b, part[:, 1], bufs and bufs.pair_b),
+                                  norm2, bufs and bufs.prod)
             rows.merge(local + qs, scores)
             if glob.k:
                 glob.merge(torch.zeros_like(local), scores)
+
+
+def _gather(x: torch.Tensor, index: torch.Tensor, buf: torch.Tensor | None) -> torch.Tensor:
+    """x[index] (rows), into the flat buffer `buf` when it is given and large enough."""
+    out = _view(buf, (index.numel(), x.shape[1]), x.dtype)
+    return x.index_select(0, index) if out is None else torch.index_select(x, 0, index, out=out)
 
 
 def _faiss_search(q: torch.Tensor, base, k_eff: int, chunk: int, rows: _TopK, glob: _TopK, k: int):
