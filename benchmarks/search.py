@@ -7,9 +7,12 @@ scores are bit-identical to "none"). A bf16 row is skipped, with the reason, on 
 native bf16 (no AVX512-BF16 / AMX), where bf16 matmuls are emulated and hundreds of times slower.
 
 Reports the time, the achieved GFLOP/s of the score computation against this machine's matmul
-throughput in the screen's dtype measured in the same process (a large GEMM), and the peak memory
-above the process's RSS before the distractors were created, against the distractor matrix's
-size. Each (size, screen) runs in its own subprocess.
+throughput in the screen's dtype (`MatmulProbe`: a large GEMM, sampled before, between the two
+halves of the probes and after the search; the median and the spread are reported), and the peak
+memory above the process's memory before the distractors were created, against the distractor
+matrix's size: anonymous memory (what the search allocates) and, also reported, all resident
+pages (which add libtorch code pages touched for the first time). Each (size, screen) runs in its
+own subprocess.
 
     python benchmarks/search.py [--distractors 100000 1000000] [--probes 10000] [--screens none bf16]
         [--out benchmarks/results/search.json]
@@ -26,78 +29,130 @@ import time
 from pathlib import Path
 
 
-def _rss() -> int:
+def _memory() -> tuple[int, int]:
+    """(anonymous resident bytes, all resident bytes) of this process. The difference is
+    file-backed: pages of libtorch's code the search's kernels touch for the first time (~10 MiB),
+    shared with every process using torch and dropped by the kernel at no cost; allocations are
+    anonymous."""
     with open("/proc/self/statm") as f:
-        return int(f.read().split()[1]) * resource.getpagesize()
+        resident, shared = (int(v) * resource.getpagesize() for v in f.read().split()[1:3])
+    return resident - shared, resident
 
 
 class _PeakWatch:
-    """The highest RSS seen while the block runs, sampled by a thread every 10 ms (the search holds
-    its buffers for far longer; sampling faster took throughput from the search)."""
+    """The highest memory (`_memory`, both figures) seen while the block runs, sampled by a thread
+    every 10 ms (the search holds its buffers for far longer; sampling faster took throughput from
+    the search)."""
 
     def __enter__(self) -> "_PeakWatch":
         import threading
 
-        self.peak, self._stop = _rss(), False
+        self.peak_anon, self.peak = _memory()
+        self._stop = False
         self._thread = threading.Thread(target=self._poll, daemon=True)
         self._thread.start()
         return self
 
     def _poll(self) -> None:
         while not self._stop:
-            self.peak = max(self.peak, _rss())
+            self._sample()
             time.sleep(0.01)
+
+    def _sample(self) -> None:
+        anon, total = _memory()
+        self.peak_anon, self.peak = max(self.peak_anon, anon), max(self.peak, total)
 
     def __exit__(self, *exc) -> None:
         self._stop = True
         self._thread.join()
-        self.peak = max(self.peak, _rss())
+        self._sample()
 
 
-def matmul_gflops(dim: int = 512, m: int = 4096, n: int = 65536, repeats: int = 3, dtype: str = "fp32") -> float:
+class MatmulProbe:
+    """This machine's matmul throughput in GFLOP/s: a [m, dim] x [dim, n] GEMM into a preallocated
+    output (pure GEMM work, no page faults of a fresh 256 MiB result), best of `repeats`. Called
+    several times during a run (`sample`): the VM's matmul speed drifts by +-15 % within minutes."""
+
+    def __init__(self, dim: int = 512, m: int = 4096, n: int = 16384, dtype: str = "fp32", repeats: int = 3):
+        import torch
+
+        dt = {"fp32": torch.float32, "bf16": torch.bfloat16}[dtype]
+        self.a, self.b = torch.randn(m, dim).to(dt), torch.randn(dim, n).to(dt)
+        self.out = torch.empty(m, n, dtype=dt)
+        self.repeats, self.flops, self.samples = repeats, 2.0 * m * n * dim, []
+        self._run()  # warm-up: the output's pages are touched here, once
+
+    def _run(self) -> float:
+        import torch
+
+        t0 = time.perf_counter()
+        torch.mm(self.a, self.b, out=self.out)
+        return time.perf_counter() - t0
+
+    def sample(self) -> float:
+        best = min(self._run() for _ in range(self.repeats))
+        self.samples.append(self.flops / best / 1e9)
+        return self.samples[-1]
+
+
+def _fill_unit_rows(x, step: int = 4096) -> None:
+    """Random unit rows written into `x` in place, a slice at a time: no temporary of the set-up
+    is left in the allocator's free lists to inflate the RSS that the search is charged with."""
     import torch
 
-    dt = {"fp32": torch.float32, "bf16": torch.bfloat16}[dtype]
-    a, b = torch.randn(m, dim).to(dt), torch.randn(dim, n).to(dt)
-    a @ b
-    best = float("inf")
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        a @ b
-        best = min(best, time.perf_counter() - t0)
-    return 2 * m * n * dim / best / 1e9
+    for s in range(0, x.shape[0], step):
+        part = x[s : s + step]
+        torch.randn(part.shape, out=part)
+        part.div_(torch.linalg.vector_norm(part, dim=1, keepdim=True))
 
 
 def run_one(num_distractors: int, num_probes: int, dim: int, k: int, screen: str = "none") -> dict:
+    """One (size, screen) measurement: the search runs on the two halves of the probes (the
+    result is the same as one call: probes are independent), with the matmul probe before,
+    between and after, so the throughput fraction is taken against the matmul speed of the
+    same minutes. The RSS is sampled only while the search runs."""
     import torch
 
     from facerec.eval.search import topk_scores
 
     torch.manual_seed(0)
-    probes = torch.nn.functional.normalize(torch.randn(num_probes, dim), dim=1)
-    baseline = _rss()
+    probes = torch.empty(num_probes, dim)
+    _fill_unit_rows(probes)
+    gemm = MatmulProbe(dim, dtype="bf16" if screen == "bf16" else "fp32")
+    baseline_anon, baseline = _memory()
     distractors = torch.empty(num_distractors, dim)
-    step = 4096  # filled in place, in small slices: the temporaries must not set the peak measured
-    for s in range(0, num_distractors, step):
-        distractors[s : s + step] = torch.nn.functional.normalize(torch.randn(min(step, num_distractors - s), dim), dim=1)
-    before = _rss()  # the search's own memory is sampled while it runs (a high-water mark would
-    # also hold whatever the set-up above touched)
-    watch = _PeakWatch()
-    t0 = time.perf_counter()
-    with watch:
-        top = topk_scores(probes, distractors, k, screen=screen)
-    seconds = time.perf_counter() - t0
-    peak = watch.peak - baseline
-    search_extra = watch.peak - before
-    # the throughput probe runs after the search: its 1 GiB output must not count in the search's peak
-    peak_gemm = matmul_gflops(dim, dtype="bf16" if screen == "bf16" else "fp32")
+    _fill_unit_rows(distractors)
+    before_anon, before = _memory()
+    halves = [probes[: num_probes // 2], probes[num_probes // 2 :]]
+    tops, seconds, peak_anon, peak_rss = [], 0.0, before_anon, before
+    for part in halves:
+        gemm.sample()
+        with _PeakWatch() as watch:
+            t0 = time.perf_counter()
+            tops.append(topk_scores(part, distractors, k, screen=screen))
+            seconds += time.perf_counter() - t0
+        peak_anon, peak_rss = max(peak_anon, watch.peak_anon), max(peak_rss, watch.peak)
+    gemm.sample()
+    top = torch.cat(tops)
     flops = 2.0 * num_probes * num_distractors * dim
+    ref = sorted(gemm.samples)[len(gemm.samples) // 2]
+    achieved = flops / seconds / 1e9
+    peak, dist_bytes = peak_anon - baseline_anon, distractors.numel() * 4
     return {"distractors": num_distractors, "probes": num_probes, "dim": dim, "k": k, "screen": screen,
-            "seconds": seconds,
-            "achieved_gflops": flops / seconds / 1e9, "matmul_gflops": peak_gemm,
-            "fraction_of_matmul": flops / seconds / 1e9 / peak_gemm, "peak_bytes": peak,
-            "distractor_bytes": distractors.numel() * 4, "peak_vs_distractors": peak / (distractors.numel() * 4),
-            "search_extra_bytes": search_extra, "peak_how": "RSS sampled every 10 ms during the search, minus the RSS before the distractors were made",
+            "seconds": seconds, "achieved_gflops": achieved, "matmul_gflops": ref,
+            "matmul_gflops_samples": gemm.samples,
+            "matmul_spread": (max(gemm.samples) - min(gemm.samples)) / ref,
+            "fraction_of_matmul": achieved / ref,
+            "fraction_range": [achieved / max(gemm.samples), achieved / min(gemm.samples)],
+            "matmul_how": "median of 3 samples (before, between the probe halves, after) of the best of 3 "
+                          "4096x512 @ 512x16384 GEMMs into a preallocated output",
+            "peak_bytes": peak, "distractor_bytes": dist_bytes, "peak_vs_distractors": peak / dist_bytes,
+            "search_extra_bytes": peak_anon - before_anon,
+            "peak_how": "anonymous RSS sampled every 10 ms during the search, minus that before the distractors "
+                        "were made (filled in place: no set-up temporaries)",
+            "peak_rss_bytes": peak_rss - baseline, "peak_rss_vs_distractors": (peak_rss - baseline) / dist_bytes,
+            "peak_rss_how": "the same with all resident pages, incl. the file-backed libtorch code pages "
+                            "the search touches first",
             "top1_mean": float(top[:, 0].mean()), "top_sum": float(top.double().sum()),
             "threads": torch.get_num_threads()}
 
@@ -144,8 +199,10 @@ def main(argv: list[str] | None = None) -> None:
             rows.append(row)
             print(f"{n:>9,} distractors, screen {screen}: {row['seconds']:.1f} s, {row['achieved_gflops']:.0f} "
                   f"GFLOP/s = {100 * row['fraction_of_matmul']:.0f}% of the {screen if screen == 'bf16' else 'fp32'} "
-                  f"matmul ({row['matmul_gflops']:.0f}), peak {row['peak_bytes'] / 2**20:.0f} MiB = "
-                  f"{row['peak_vs_distractors']:.2f}x the distractors", flush=True)
+                  f"matmul ({row['matmul_gflops']:.0f}, spread {100 * row['matmul_spread']:.0f}%), "
+                  f"peak {row['peak_bytes'] / 2**20:.0f} MiB = "
+                  f"{row['peak_vs_distractors']:.2f}x the distractors (all resident pages: "
+                  f"{row['peak_rss_vs_distractors']:.2f}x)", flush=True)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps({"benchmark": "search", "rows": rows}, indent=2) + "\n")
     print(f"wrote {args.out}")
