@@ -495,3 +495,15 @@ def test_topk_scores_normalises_numpy_and_fp64_queries_per_group():
     for queries in (q.float(), q.float().numpy(), q.float().t().contiguous().t()):  # incl. column-major
         assert torch.equal(topk_scores(queries, b, 5, chunk=100, block_elements=100 * 8), ref)
     assert torch.equal(topk_search(_unit(q.float()), b.numpy(), 5, chunk=100)[0], ref)
+
+
+@pytest.mark.parametrize("ratio", [1, 10**9])
+def test_topk_scores_with_and_without_a_normalised_query_copy(monkeypatch, ratio):
+    """ratio 1: the queries are normalised once (the copy path); 10^9: a group at a time."""
+    import facerec.eval.search as search
+
+    monkeypatch.setattr(search, "_QUERY_COPY_RATIO", ratio)
+    q, b = near_tie_data()
+    q = q * 3.0  # not unit rows: topk_scores normalises them
+    ref, _ = reference_topk(q, b, 10)
+    assert torch.equal(topk_scores(q, b, 10, chunk=300, block_elements=300 * 16), ref)
