@@ -9,9 +9,10 @@ native bf16 (no AVX512-BF16 / AMX), where bf16 matmuls are emulated and hundreds
 Reports the time, the achieved GFLOP/s of the score computation against this machine's matmul
 throughput in the screen's dtype (`MatmulProbe`: a large GEMM, sampled before, between the two
 halves of the probes and after the search; the median and the spread are reported), and the peak
-memory above the process's memory before the distractors were created, against the distractor
-matrix's size: anonymous memory (what the search allocates) and, also reported, all resident
-pages (which add libtorch code pages touched for the first time). Each (size, screen) runs in its
+memory above the process's memory before the distractors were created (the probes were made
+before: also reported with their 20 MB counted), against the distractor matrix's size: anonymous
+memory (what the search allocates) and, also reported, all resident pages (which add libtorch
+code pages touched for the first time). Each (size, screen) runs in its
 own subprocess.
 
     python benchmarks/search.py [--distractors 100000 1000000] [--probes 10000] [--screens none bf16]
@@ -150,6 +151,8 @@ def run_one(num_distractors: int, num_probes: int, dim: int, k: int, screen: str
             "search_extra_bytes": peak_anon - before_anon,
             "peak_how": "anonymous RSS sampled every 10 ms during the search, minus that before the distractors "
                         "were made (filled in place: no set-up temporaries)",
+            "probe_bytes": probes.numel() * 4,
+            "peak_with_probes_vs_distractors": (peak + probes.numel() * 4) / dist_bytes,
             "peak_rss_bytes": peak_rss - baseline, "peak_rss_vs_distractors": (peak_rss - baseline) / dist_bytes,
             "peak_rss_how": "the same with all resident pages, incl. the file-backed libtorch code pages "
                             "the search touches first",
@@ -201,7 +204,8 @@ def main(argv: list[str] | None = None) -> None:
                   f"GFLOP/s = {100 * row['fraction_of_matmul']:.0f}% of the {screen if screen == 'bf16' else 'fp32'} "
                   f"matmul ({row['matmul_gflops']:.0f}, spread {100 * row['matmul_spread']:.0f}%), "
                   f"peak {row['peak_bytes'] / 2**20:.0f} MiB = "
-                  f"{row['peak_vs_distractors']:.2f}x the distractors (all resident pages: "
+                  f"{row['peak_vs_distractors']:.2f}x the distractors (with the probes: "
+                  f"{row['peak_with_probes_vs_distractors']:.2f}x; all resident pages: "
                   f"{row['peak_rss_vs_distractors']:.2f}x)", flush=True)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps({"benchmark": "search", "rows": rows}, indent=2) + "\n")

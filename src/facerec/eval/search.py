@@ -45,7 +45,7 @@ _NONZERO_MAX = 1 << 20  # candidate index pairs listed at once (16 MiB)
 # with the base; the 16 MiB of scores stay in L3 for the threshold pass, and this shape ran the
 # matmul at ~0.97 of a large GEMM (65536-row chunks x 256 queries, the former 1M setting: ~0.6)
 _CHUNK_ROWS = 2048  # distractor rows normalised at once (4 MiB at D = 512)
-_BLOCK_ELEMENTS = 1 << 22  # scores per block: with _CHUNK_ROWS, groups of 2048 queries
+_BLOCK_ELEMENTS = 1 << 21  # scores per block: with _CHUNK_ROWS, groups of 1024 queries
 _QUERY_COPY_RATIO = 32  # topk_scores keeps a normalised copy of the queries when N >= 32 Q (the copy is
 # then at most 1/32 of the base) instead of normalising every group again for every chunk (~1.5% of the time)
 _accumulation_ok: dict[tuple[str, str], tuple[bool, bool]] = {}
