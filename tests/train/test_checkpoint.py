@@ -57,6 +57,11 @@ def test_load_errors_name_the_file(tmp_path):
 
     with pytest.raises(CheckpointError, match="does not exist"):
         ck.load_training_checkpoint(tmp_path / "none.pt")
+    from facerec.models.checkpoint import load_checkpoint
+
+    for load in (ck.load_training_checkpoint, load_checkpoint):  # a folder given for a file: said so
+        with pytest.raises(CheckpointError, match="is a directory, not a checkpoint file"):
+            load(tmp_path)
     bad = tmp_path / "bad.pt"
     bad.write_bytes(b"not a checkpoint")
     with pytest.raises(CheckpointError, match="bad.pt"):

@@ -87,7 +87,8 @@ def load_checkpoint(path: str | Path, arch: str | None = None, map_location: str
     `mbf` inferred from the keys, else pass `arch`) or the seed lineage's `{'net_state_dict'}`."""
     p = Path(path)
     if not p.is_file():
-        raise CheckpointError(f"checkpoint {str(p)!r} does not exist")
+        what = "is a directory, not a checkpoint file" if p.is_dir() else "does not exist"
+        raise CheckpointError(f"checkpoint {str(p)!r} {what}")
     if p.suffix == ".safetensors":
         from facerec.export.weights import load_safetensors
 

@@ -92,7 +92,8 @@ def load_training_checkpoint(path: str | Path) -> dict[str, Any]:
     """Read a training checkpoint (weights_only); errors name the file."""
     p = Path(path)
     if not p.is_file():
-        raise CheckpointError(f"checkpoint {str(p)!r} does not exist")
+        what = "is a directory, not a checkpoint file" if p.is_dir() else "does not exist"
+        raise CheckpointError(f"checkpoint {str(p)!r} {what}")
     try:
         state = torch.load(p, map_location="cpu", weights_only=True)
     except Exception as exc:
