@@ -50,22 +50,19 @@ class EncodedFaceDataset(Dataset):
         the DataLoader's `collate_fn`."""
         return self.read_batch(indices)
 
-    def read_batch(self, indices: list, fmt: InputFormat | None = None, convert: bool = True,
+    def read_batch(self, indices: list, fmt: InputFormat | None = None,
                    pool: SharedBatchPool | None = None) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
         """`__getitems__`, optionally ready for the model: with `fmt` each image is decoded in
         `fmt.color`, mirrored, cropped and normalised while it is in cache, into one float32
-        `[B, H, W, 3]` array (`convert=False`: decoded in `fmt.color` and mirrored, uint8, for
-        `convert_batch` in another process). Inside a DataLoader worker the batch is in shared
-        memory from the start, from `pool` if given (then `release` it after use)."""
+        `[B, H, W, 3]` array. Inside a DataLoader worker the batch is in shared memory from the
+        start, from `pool` if given (then `lease` or `release` it after use)."""
         with opencv_single_threaded():
-            return self._read_batch(indices, fmt, convert, pool)
+            return self._read_batch(indices, fmt, pool)
 
-    def _read_batch(self, indices: list, fmt: InputFormat | None, convert: bool,
+    def _read_batch(self, indices: list, fmt: InputFormat | None,
                     pool: SharedBatchPool | None) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
         items = [(int(i[0]), bool(i[1])) if isinstance(i, (tuple, list)) else (int(i), False) for i in indices]
         color = fmt.color if fmt is not None else self.color
-        if not convert:
-            fmt = None
         converter = PixelConverter(fmt) if fmt is not None else None
         out: np.ndarray | None = None
         storage: torch.Tensor | None = None
@@ -183,18 +180,6 @@ def _batch_array(shape: tuple[int, ...], dtype, pool: SharedBatchPool | None = N
     else:
         t = torch.from_numpy(np.empty(shape, dtype))
     return t, t.numpy()
-
-
-def convert_batch(x: torch.Tensor, fmt: InputFormat) -> torch.Tensor:
-    """uint8 [B, H, W, 3] (decoded in `fmt.color`, already mirrored) -> float32 [B, H, W', 3]
-    cropped and normalised per `fmt`, one image at a time (each in cache once)."""
-    convert = PixelConverter(fmt)
-    arr = x.numpy()
-    out = np.empty((x.shape[0], *fmt.output_shape(x.shape[1], x.shape[2])), np.float32)
-    with opencv_single_threaded():
-        for n in range(x.shape[0]):
-            convert.convert(arr[n], out[n])
-    return torch.from_numpy(out)
 
 
 def collate_batch(batch):

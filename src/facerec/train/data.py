@@ -95,7 +95,7 @@ class TrainData:
             if hasattr(self.train, "read_batch"):
                 fmt = _input_format(self.train, preprocess) if preprocess is not None else None
                 pooled = self.num_workers > 0
-                source = _BatchReads(self.train, fmt, convert=fmt is not None, pooled=pooled)
+                source = _BatchReads(self.train, fmt, pooled=pooled)
         pin = torch.cuda.is_available() and preprocess is None
         dl = DataLoader(source, batch_sampler=requests, num_workers=self.num_workers,
                         persistent_workers=False, pin_memory=pin and not pooled,
@@ -146,19 +146,19 @@ class TrainData:
 
 class _BatchReads(Dataset):
     """What DataLoader workers call: a dataset's `read_batch` with an `InputFormat` (or none),
-    converting per image (`convert`) and filling reused shared buffers (`pooled`)."""
+    filling reused shared buffers (`pooled`)."""
 
-    def __init__(self, dataset: Dataset, fmt, convert: bool, pooled: bool) -> None:
+    def __init__(self, dataset: Dataset, fmt, pooled: bool) -> None:
         from facerec.data.shared_batches import SharedBatchPool
 
-        self.dataset, self.fmt, self.convert = dataset, fmt, convert
+        self.dataset, self.fmt = dataset, fmt
         self.pool = SharedBatchPool() if pooled else None
 
     def __len__(self) -> int:
         return len(self.dataset)
 
     def __getitems__(self, indices: list):
-        x, y, skipped = self.dataset.read_batch(indices, self.fmt, convert=self.convert, pool=self.pool)
+        x, y, skipped = self.dataset.read_batch(indices, self.fmt, pool=self.pool)
         if self.pool is None:
             return x, y, skipped
         # labels as numpy: pickled inline, where a tensor would get a shared-memory file of its own;
