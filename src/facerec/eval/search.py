@@ -54,8 +54,8 @@ _accumulation_ok: dict[tuple[str, str], tuple[bool, bool]] = {}
 def unit_rows(x: np.ndarray | torch.Tensor) -> torch.Tensor:
     """Rows of `x` as fp32 unit vectors (a zero row stays zero). The rows are made contiguous
     first: the norm's summation order follows the layout, and the bits must not."""
-    t = torch.as_tensor(np.ascontiguousarray(x) if isinstance(x, np.ndarray) else x).float().contiguous()
-    return torch.nn.functional.normalize(t, dim=1)
+    t = _fp32(x)
+    return _unit_rows_into(t, torch.empty_like(t))
 
 
 def resolve_screen(screen: str, device: torch.device | str = "cpu") -> str:
@@ -223,13 +223,20 @@ class _TopK:
 
     def threshold(self, rows: slice, screened: torch.Tensor, delta: float) -> torch.Tensor:
         """Per-row candidate threshold for a block of screened scores [len(rows), C]."""
-        k, s, c = self.k, self.seen, screened.shape[1]
+        return self.window_threshold(rows, screened.shape[1], delta,
+                                     lambda j: torch.topk(screened, j, dim=1)[0][:, -1])
+
+    def window_threshold(self, rows, c: int, delta: float, kth_screened) -> torch.Tensor:
+        """Per-row candidate threshold for `rows` (a slice or an index) against a block of `c`
+        screened items, where `kth_screened(j)` gives each row's j-th highest screened score of
+        the block (asked only while the top-k is not yet full)."""
+        k, s = self.k, self.seen
         best = self.best[rows]
         if s >= k:
             return best[:, k - 1] - delta
         if s + c <= k:
             return torch.full((best.shape[0],), -math.inf, device=best.device)
-        t = torch.topk(screened, k - s, dim=1)[0][:, -1]  # (k - s)-th screened of the block
+        t = kth_screened(k - s)
         floor = best[:, s - 1] if s > 0 else torch.full_like(t, math.inf)
         return torch.minimum(t - delta, floor) - delta
 
@@ -324,10 +331,14 @@ def _search(queries, base, k: int, k_global: int, chunk: int | None, block_eleme
 def _fp32_rows(x, start: int, stop: int, dev: torch.device) -> torch.Tensor:
     """Rows start:stop of an array or tensor as a contiguous fp32 tensor on `dev` (a view when
     they are one already; contiguous as in `unit_rows`, so the normalised bits agree)."""
-    part = x[start:stop]
-    if isinstance(part, np.ndarray):
-        part = np.ascontiguousarray(part)
-    return torch.as_tensor(part).to(dev).float().contiguous()
+    return _fp32(x[start:stop], dev)
+
+
+def _fp32(x, dev: torch.device | None = None) -> torch.Tensor:
+    """An array or tensor as a contiguous fp32 tensor (on `dev` if given): the one layout every
+    normalisation sees, since the norm's summation order follows the layout."""
+    t = torch.as_tensor(np.ascontiguousarray(x) if isinstance(x, np.ndarray) else x)
+    return (t if dev is None else t.to(dev)).float().contiguous()
 
 
 def _unit_rows_into(x: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
@@ -494,7 +505,7 @@ def _faiss_search(q: torch.Tensor, base, k_eff: int, chunk: int, rows: _TopK, gl
         while todo.numel():
             d, i = index.search(qn[todo.numpy()], m)
             d, i = torch.from_numpy(d), torch.from_numpy(i)
-            thr = _faiss_threshold(acc, todo, d, c, delta)
+            thr = acc.window_threshold(todo, c, delta, lambda j: d[:, j - 1])  # faiss sorts each row's top m
             covered = (d[:, -1] < thr) | (m >= c)
             sel = (d >= thr[:, None]) & (i >= 0) & covered[:, None]
             r, col = sel.nonzero(as_tuple=True)
@@ -507,18 +518,6 @@ def _faiss_search(q: torch.Tensor, base, k_eff: int, chunk: int, rows: _TopK, gl
     if glob.k:
         glob.merge(torch.zeros(acc.best.numel(), dtype=torch.long), acc.best.flatten())
     return top, glob.best[0].to(q.device)
-
-
-def _faiss_threshold(acc: _TopK, todo: torch.Tensor, d: torch.Tensor, c: int, delta: float) -> torch.Tensor:
-    k, s = acc.k, acc.seen
-    best = acc.best[todo]
-    if s >= k:
-        return best[:, k - 1] - delta
-    if s + c <= k:
-        return torch.full((len(todo),), -math.inf)
-    t = d[:, k - s - 1]  # faiss returns each row's top m (m >= k - s) sorted
-    floor = best[:, s - 1] if s > 0 else torch.full_like(t, math.inf)
-    return torch.minimum(t - delta, floor) - delta
 
 
 def topk_scores(queries, base, k: int, chunk: int | None = None, block_elements: int | None = None,
