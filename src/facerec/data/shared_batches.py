@@ -57,12 +57,11 @@ class SharedBatchPool:
     def take(self, shape: tuple[int, ...], dtype: np.dtype) -> torch.Tensor:
         """An uninitialised tensor of `shape` and numpy `dtype` in shared memory, marked busy."""
         nbytes = int(np.prod(shape)) * np.dtype(dtype).itemsize
-        tdtype = torch.from_numpy(np.empty(0, dtype)).dtype
         for raw in self._buffers:
             head = _header(raw)
             if raw.numel() == _HEADER_BYTES + nbytes and int(head[1]) == 0:
                 head[1] = 1
-                return _view(raw, shape, tdtype)
+                return _view(raw.untyped_storage(), shape, dtype)
         if not self._id:  # random, not the pid: ids must differ across loaders' worker pools
             self._id = int.from_bytes(os.urandom(7), "little") + 1
         storage = torch.UntypedStorage._new_shared(_HEADER_BYTES + nbytes)
@@ -72,7 +71,7 @@ class SharedBatchPool:
         if pooled:
             self._buffers.append(raw)
             self._sent.append(False)
-        return _view(raw, shape, tdtype)
+        return _view(storage, shape, dtype)
 
     def parcel(self, batch: torch.Tensor) -> torch.Tensor | PooledBatch:
         """What to send for `batch` (from `take`, or a leading slice of it): the tensor on its
@@ -95,10 +94,7 @@ class BatchReceiver:
 
     def receive(self, item: torch.Tensor | PooledBatch) -> torch.Tensor:
         if isinstance(item, PooledBatch):
-            storage = self._buffers[(item.pool, item.slot)]
-            tdtype = torch.from_numpy(np.empty(0, item.dtype)).dtype
-            raw = torch.empty(0, dtype=torch.uint8).set_(storage, 0, (storage.nbytes(),))
-            return _view(raw, item.shape, tdtype)
+            return _view(self._buffers[(item.pool, item.slot)], item.shape, item.dtype)
         head = _header_of(item)
         if head is not None and int(head[3]) >= 0:
             self._buffers[(int(head[2]), int(head[3]))] = item.untyped_storage()
@@ -118,9 +114,11 @@ def _header_of(batch: torch.Tensor) -> torch.Tensor | None:
     return head if int(head[0]) == _MARKER else None
 
 
-def _view(raw: torch.Tensor, shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:
-    itemsize = torch.empty(0, dtype=dtype).element_size()
-    return torch.empty(0, dtype=dtype).set_(raw.untyped_storage(), _HEADER_BYTES // itemsize, shape)
+def _view(storage: torch.UntypedStorage, shape: tuple[int, ...], dtype) -> torch.Tensor:
+    """The batch of `shape` and numpy `dtype` after the header of a pooled buffer's `storage`."""
+    tdtype = torch.from_numpy(np.empty(0, dtype)).dtype
+    itemsize = np.dtype(dtype).itemsize
+    return torch.empty(0, dtype=tdtype).set_(storage, _HEADER_BYTES // itemsize, shape)
 
 
 class _Lease:
