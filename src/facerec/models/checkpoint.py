@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from facerec.contract import Preprocess, Threshold
-from facerec.errors import CheckpointError
+from facerec.errors import CheckpointError, not_a_file_reason
 from facerec.io import atomic_save
 
 
@@ -87,8 +87,7 @@ def load_checkpoint(path: str | Path, arch: str | None = None, map_location: str
     `mbf` inferred from the keys, else pass `arch`) or the seed lineage's `{'net_state_dict'}`."""
     p = Path(path)
     if not p.is_file():
-        what = "is a directory, not a checkpoint file" if p.is_dir() else "does not exist"
-        raise CheckpointError(f"checkpoint {str(p)!r} {what}")
+        raise CheckpointError(f"checkpoint {str(p)!r} {not_a_file_reason(p, 'checkpoint file')}")
     if p.suffix == ".safetensors":
         from facerec.export.weights import load_safetensors
 

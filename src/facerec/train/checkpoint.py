@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from facerec.errors import CheckpointError
+from facerec.errors import CheckpointError, not_a_file_reason
 from facerec.io import atomic_save
 
 _NAME = re.compile(r"^ckpt-(\d+)\.pt$")
@@ -92,8 +92,7 @@ def load_training_checkpoint(path: str | Path) -> dict[str, Any]:
     """Read a training checkpoint (weights_only); errors name the file."""
     p = Path(path)
     if not p.is_file():
-        what = "is a directory, not a checkpoint file" if p.is_dir() else "does not exist"
-        raise CheckpointError(f"checkpoint {str(p)!r} {what}")
+        raise CheckpointError(f"checkpoint {str(p)!r} {not_a_file_reason(p, 'checkpoint file')}")
     try:
         state = torch.load(p, map_location="cpu", weights_only=True)
     except Exception as exc:
