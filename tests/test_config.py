@@ -117,3 +117,10 @@ def test_scientific_notation_without_a_dot_is_a_float(tmp_path):
     assert load_config(tmp_path / "c.yaml").optim.weight_decay == 1e-5
     with pytest.raises(ConfigError, match="optim.lr"):
         load_config(None, ["optim.lr=fast"])
+
+
+def test_a_directory_for_the_config_says_so(tmp_path):
+    """A run folder given for its config.yaml gets "is a directory", not "does not exist"."""
+    with pytest.raises(ConfigError) as e:
+        load_config(tmp_path)
+    assert str(tmp_path) in str(e.value) and "is a directory, not a YAML config file" in str(e.value)

@@ -166,3 +166,14 @@ def test_eval_stores_a_threshold_that_compare_then_uses(weights, lfw, people, tm
     assert main(["compare", "--model", str(out), str(people[a][0]), str(people[a][1]), "--landmarks", lm]) == 0
     said = capsys.readouterr().out
     assert "same person" in said and "on mini (80 pairs, flip sum)" in said
+
+
+def test_a_directory_for_an_onnx_model_says_so(tmp_path):
+    from facerec.errors import DataError
+    from facerec.inference import load_model
+
+    d = tmp_path / "m.onnx"
+    d.mkdir()
+    with pytest.raises(DataError) as e:
+        load_model(d)
+    assert str(d) in str(e.value) and "is a directory, not a .onnx model file" in str(e.value)

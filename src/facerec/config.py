@@ -18,7 +18,7 @@ from typing import Any, Literal, Optional, Sequence, Union
 
 import yaml
 
-from facerec.errors import ConfigError
+from facerec.errors import ConfigError, not_a_file_reason
 
 
 @dataclass
@@ -320,7 +320,7 @@ def load_config(path: str | Path | None = None, overrides: Sequence[str] = ()) -
     if path is not None:
         p = Path(path)
         if not p.is_file():
-            raise ConfigError(f"config file {str(p)!r} does not exist")
+            raise ConfigError(f"config file {str(p)!r} {not_a_file_reason(p, 'YAML config file')}")
         try:
             loaded = yaml.safe_load(p.read_text(encoding="utf-8"))
         except yaml.YAMLError as exc:

@@ -28,7 +28,7 @@ from torch import nn
 from facerec.contract import Preprocess, Threshold
 from facerec.data.folder import DECODABLE_SUFFIXES as IMAGE_SUFFIXES
 from facerec.data.folder import find_images
-from facerec.errors import DataError, FacerecError
+from facerec.errors import DataError, FacerecError, not_a_file_reason
 
 
 def load_model(path: str | Path, arch: str | None = None) -> nn.Module:
@@ -37,7 +37,7 @@ def load_model(path: str | Path, arch: str | None = None) -> nn.Module:
         from facerec.export.onnx import OnnxEmbedder
 
         if not Path(path).is_file():
-            raise DataError(f"model {str(path)!r} does not exist")
+            raise DataError(f"model {str(path)!r} {not_a_file_reason(path, '.onnx model file')}")
         return OnnxEmbedder(path)
     from facerec.models import load_checkpoint
 

@@ -4,7 +4,8 @@ import pytest
 from facerec.data.align import (
     ARCFACE_112, SPHEREFACE_112x96, align_face, read_landmarks, similarity_transform, template_points, warp_affine,
 )
-from facerec.data.pairs import read_lfw_pairs
+from facerec.data.pairs import Pair, build_pairs_bin, read_lfw_pairs, read_pairs_csv
+from facerec.errors import DataError
 
 
 def umeyama_reference(src, dst):
@@ -103,3 +104,16 @@ def test_align_command_writes_the_tree_and_applies_the_missing_policy(shared_dat
     assert main(["data", "align", "--images", str(root), "--landmarks", str(shared_data / "lfw" / "landmarks.tsv"),
                  "--out", str(tmp_path / "a3"), "--missing", "error"]) == 2
     assert "unlisted.jpg: no landmarks" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("read, kind", [
+    (read_landmarks, "landmarks TSV file"),
+    (read_lfw_pairs, "pairs.txt file"),
+    (read_pairs_csv, "pairs CSV file"),
+    (lambda d: build_pairs_bin([Pair("", "a.jpg", True, 0)], d, {}, d / "out.bin"), "face image file"),
+], ids=["landmarks", "lfw_pairs", "pairs_csv", "pair_image"])
+def test_a_directory_for_a_file_says_so(tmp_path, read, kind):
+    """A directory where a file is expected is named as such, not "does not exist"."""
+    with pytest.raises(DataError) as e:
+        read(tmp_path)
+    assert str(tmp_path) in str(e.value) and f"is a directory, not a {kind}" in str(e.value)

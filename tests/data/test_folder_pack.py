@@ -107,3 +107,9 @@ def test_training_reads_a_folder_tree_directly(tree, tmp_path):
                              "train.precision=fp32", "eval.every_epochs=0"])
     result = train(cfg, tmp_path / "run", log=False)
     assert result.steps == 2
+
+
+def test_a_directory_for_the_list_file_says_so(tree):
+    with pytest.raises(DataError) as e:
+        read_list(tree)
+    assert str(tree) in str(e.value) and "is a directory, not a path<TAB>label list file" in str(e.value)

@@ -62,3 +62,12 @@ def test_pairs_csv_folds_reach_the_evaluation(tmp_path, capsys):
                  "--json", str(tmp_path / "r.json")]) == 0
     row = json.loads((tmp_path / "r.json").read_text())["results"][0]
     assert row["num_folds"] == 4 and row["num_pairs"] == 20
+
+
+@pytest.mark.parametrize("name", ["v.bin", "v.npz"])
+def test_a_directory_for_a_pair_set_says_so(tmp_path, name):
+    d = tmp_path / name
+    d.mkdir()
+    with pytest.raises(DataError) as e:
+        read_pairs(d)
+    assert str(d) in str(e.value) and f"is a directory, not a {d.suffix} verification file" in str(e.value)

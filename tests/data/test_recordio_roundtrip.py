@@ -121,3 +121,14 @@ def test_malicious_bin_is_refused_and_runs_nothing(tmp_path):
     with pytest.raises(DataError, match="refusing"):
         read_bin(tmp_path / "evil.bin")
     assert not target.exists()
+
+
+@pytest.mark.parametrize("read, kind", [
+    (rio.read_index, "RecordIO .idx file"),
+    (rio.RecordIOReader, "RecordIO .rec file"),
+], ids=["idx", "rec"])
+def test_a_directory_for_a_recordio_file_says_so(tmp_path, read, kind):
+    """The usual slip (the dataset folder for the .rec in it) is named, not "does not exist"."""
+    with pytest.raises(DataError) as e:
+        read(tmp_path)
+    assert str(tmp_path) in str(e.value) and f"is a directory, not a {kind}" in str(e.value)

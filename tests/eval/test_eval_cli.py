@@ -109,3 +109,12 @@ def test_foreign_onnx_with_stated_preprocessing(tiny_bench, tmp_path):
     got = json.loads(out.read_text())["results"][0]
     assert got["accuracy_mean"] == pytest.approx(ref[0]["accuracy_mean"])
     assert got["auc"] == pytest.approx(ref[0]["auc"], abs=1e-6)
+
+
+@pytest.mark.parametrize("by_name", [False, True], ids=["path", "standard_name"])
+def test_a_directory_for_a_bench_says_so(tmp_path, by_name):
+    d = tmp_path / "lfw.bin"
+    d.mkdir()
+    with pytest.raises(DataError) as e:
+        resolve_bench("lfw", tmp_path) if by_name else resolve_bench(str(d), None)
+    assert str(d) in str(e.value) and "is a directory, not a .bin verification file" in str(e.value)

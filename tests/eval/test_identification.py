@@ -3,7 +3,9 @@ import pytest
 import torch
 
 from facerec.errors import DataError
-from facerec.eval.identification import megaface_evaluate, read_devkit_feature, topk_scores, write_devkit_feature
+from facerec.eval.identification import (
+    megaface_evaluate, read_devkit_feature, read_noise_list, read_template_list, topk_scores, write_devkit_feature,
+)
 
 
 def brute_force(probes, labels, distractors, max_rank=10, far=None):
@@ -507,3 +509,13 @@ def test_topk_scores_with_and_without_a_normalised_query_copy(monkeypatch, ratio
     q = q * 3.0  # not unit rows: topk_scores normalises them
     ref, _ = reference_topk(q, b, 10)
     assert torch.equal(topk_scores(q, b, 10, chunk=300, block_elements=300 * 16), ref)
+
+
+@pytest.mark.parametrize("read, kind", [
+    (read_noise_list, "noise list file"),
+    (read_template_list, "JSON template list file"),
+], ids=["noise", "template"])
+def test_a_directory_for_a_list_says_so(tmp_path, read, kind):
+    with pytest.raises(DataError) as e:
+        read(tmp_path)
+    assert str(tmp_path) in str(e.value) and f"is a directory, not a {kind}" in str(e.value)

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from facerec.errors import DataError
+from facerec.errors import DataError, not_a_file_reason
 
 ARCFACE_112 = np.array(
     [[38.2946, 51.6963], [73.5318, 51.5014], [56.0252, 71.7366], [41.5493, 92.3655], [70.7299, 92.2041]],
@@ -103,7 +103,7 @@ def read_landmarks(path: str | Path) -> dict[str, np.ndarray | None]:
     """
     p = Path(path)
     if not p.is_file():
-        raise DataError(f"landmarks file {str(p)!r} does not exist")
+        raise DataError(f"landmarks file {str(p)!r} {not_a_file_reason(p, 'landmarks TSV file')}")
     out: dict[str, np.ndarray | None] = {}
     with open(p, encoding="utf-8") as fh:
         for lineno, line in enumerate(fh, 1):

@@ -15,7 +15,7 @@ from typing import Sequence
 
 import numpy as np
 
-from facerec.errors import DataError
+from facerec.errors import DataError, not_a_file_reason
 from facerec.io import atomic_open
 
 # The only globals a .bin may reference: how numpy pickles an ndarray and its dtype.
@@ -57,7 +57,7 @@ def read_bin(path: str | Path) -> tuple[list[bytes], np.ndarray]:
     """Load a `.bin` safely: (image bytes list of length 2N, issame bool array of length N)."""
     p = Path(path)
     if not p.is_file():
-        raise DataError(f"verification set {str(p)!r} does not exist")
+        raise DataError(f"verification set {str(p)!r} {not_a_file_reason(p, '.bin verification file')}")
     with open(p, "rb") as fh:
         try:
             obj = _RestrictedUnpickler(fh, str(p)).load()
@@ -122,7 +122,7 @@ def read_pairs_npz(path: str | Path) -> tuple[list[bytes], np.ndarray, np.ndarra
     """Load a `.npz` pair set (never unpickles): (images, issame, folds or None)."""
     p = Path(path)
     if not p.is_file():
-        raise DataError(f"verification set {str(p)!r} does not exist")
+        raise DataError(f"verification set {str(p)!r} {not_a_file_reason(p, '.npz verification file')}")
     try:
         with np.load(p, allow_pickle=False) as z:
             data, offsets, issame = z["data"], z["offsets"], z["issame"].astype(bool)

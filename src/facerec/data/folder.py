@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterator
 
-from facerec.errors import DataError
+from facerec.errors import DataError, not_a_file_reason
 
 # the image files that listing, packing, alignment and inference pick up (Pillow decodes them all)
 DECODABLE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".pgm", ".ppm", ".webp", ".tif", ".tiff")
@@ -59,7 +59,7 @@ def write_list(entries: list[ListEntry], path: str | Path) -> None:
 def read_list(path: str | Path) -> list[ListEntry]:
     p = Path(path)
     if not p.is_file():
-        raise DataError(f"list file {str(p)!r} does not exist")
+        raise DataError(f"list file {str(p)!r} {not_a_file_reason(p, 'path<TAB>label list file')}")
     out = []
     for lineno, line in enumerate(p.read_text(encoding="utf-8").splitlines(), 1):
         if not line.strip() or line.startswith("#"):

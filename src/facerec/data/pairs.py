@@ -9,7 +9,7 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from facerec.errors import DataError
+from facerec.errors import DataError, not_a_file_reason
 
 
 @dataclass(frozen=True)
@@ -25,7 +25,7 @@ def read_lfw_pairs(path: str | Path) -> list[Pair]:
     mismatched (`name1 i name2 j`) pairs. Paths are `name/name_%04d.jpg`."""
     p = Path(path)
     if not p.is_file():
-        raise DataError(f"pairs file {str(p)!r} does not exist")
+        raise DataError(f"pairs file {str(p)!r} {not_a_file_reason(p, 'pairs.txt file')}")
     lines = [ln.split() for ln in p.read_text().splitlines() if ln.strip()]
     try:
         nfolds, n = int(lines[0][0]), int(lines[0][1])
@@ -51,7 +51,7 @@ def read_pairs_csv(path: str | Path) -> list[Pair]:
     """A pairs CSV `path1,path2,issame[,fold]` (issame: 1/0/true/false; a header line is allowed)."""
     p = Path(path)
     if not p.is_file():
-        raise DataError(f"pairs file {str(p)!r} does not exist")
+        raise DataError(f"pairs file {str(p)!r} {not_a_file_reason(p, 'pairs CSV file')}")
     out = []
     with open(p, newline="", encoding="utf-8") as fh:
         for k, row in enumerate(csv.reader(fh), 1):
@@ -107,7 +107,7 @@ def build_pairs_bin(
     for name in names:
         path = root / name
         if not path.is_file():
-            raise DataError(f"image {str(path)!r} of the pairs list does not exist")
+            raise DataError(f"image {str(path)!r} of the pairs list {not_a_file_reason(path, 'face image file')}")
         if name not in landmarks:
             raise DataError(f"no landmarks for {name!r} in the landmarks file")
         try:

@@ -22,7 +22,7 @@ from typing import BinaryIO, Iterable, Sequence
 
 import numpy as np
 
-from facerec.errors import DataError
+from facerec.errors import DataError, not_a_file_reason
 
 MAGIC = 0xCED7230A
 _MAGIC_BYTES = struct.pack("<I", MAGIC)
@@ -147,7 +147,7 @@ def read_index(idx_path: str | Path) -> dict[int, int]:
     out: dict[int, int] = {}
     p = Path(idx_path)
     if not p.is_file():
-        raise DataError(f"index file {str(p)!r} does not exist")
+        raise DataError(f"index file {str(p)!r} {not_a_file_reason(p, 'RecordIO .idx file')}")
     with open(p, encoding="ascii", errors="replace") as fh:
         for lineno, line in enumerate(fh, 1):
             if not line.strip():
@@ -170,7 +170,7 @@ class RecordIOReader:
     def __init__(self, rec_path: str | Path, idx_path: str | Path | None = None) -> None:
         self.rec_path = Path(rec_path)
         if not self.rec_path.is_file():
-            raise DataError(f"RecordIO file {str(self.rec_path)!r} does not exist")
+            raise DataError(f"RecordIO file {str(self.rec_path)!r} {not_a_file_reason(self.rec_path, 'RecordIO .rec file')}")
         self.size = self.rec_path.stat().st_size
         idx = Path(idx_path) if idx_path is not None else self.rec_path.with_suffix(".idx")
         self.index = read_index(idx) if idx.is_file() else scan_offsets(self.rec_path)

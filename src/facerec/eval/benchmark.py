@@ -12,7 +12,7 @@ from typing import Any, Sequence
 import numpy as np
 from torch import nn
 
-from facerec.errors import DataError
+from facerec.errors import DataError, not_a_file_reason
 
 # The usual file names of the standard verification sets in a data directory.
 STANDARD_BENCHES = ("lfw", "cfp_fp", "cfp_ff", "agedb_30", "calfw", "cplfw", "vgg2_fp")
@@ -23,7 +23,7 @@ def resolve_bench(name: str, data_dir: str | Path | None) -> Path:
     p = Path(name)
     if p.suffix in (".bin", ".npz"):
         if not p.is_file():
-            raise DataError(f"verification set {str(p)!r} does not exist")
+            raise DataError(f"verification set {str(p)!r} {not_a_file_reason(p, f'{p.suffix} verification file')}")
         return p
     if data_dir is None:
         raise DataError(f"benchmark {name!r} needs --data DIR holding {name}.bin")
@@ -32,7 +32,8 @@ def resolve_bench(name: str, data_dir: str | Path | None) -> Path:
         q = Path(data_dir) / f"{name}.npz"
     if not q.is_file():
         known = ", ".join(STANDARD_BENCHES)
-        raise DataError(f"benchmark {name!r}: {str(q)!r} does not exist (standard names: {known})")
+        raise DataError(f"benchmark {name!r}: {str(q)!r} {not_a_file_reason(q, f'{q.suffix} verification file')} "
+                        f"(standard names: {known})")
     return q
 
 

@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from facerec.errors import DataError
+from facerec.errors import DataError, not_a_file_reason
 from facerec.eval.search import exact_scores, topk_scores, topk_search, unit_norm_bound, unit_rows
 
 __all__ = ["IdentificationResult", "megaface_evaluate", "topk_scores", "read_noise_list", "is_listed",
@@ -49,7 +49,7 @@ def read_noise_list(path: str | Path) -> set[str]:
     relative path per line; blank lines and `#` comments skipped."""
     p = Path(path)
     if not p.is_file():
-        raise DataError(f"noise list {str(p)!r} does not exist")
+        raise DataError(f"noise list {str(p)!r} {not_a_file_reason(p, 'noise list file')}")
     return {ln.strip() for ln in p.read_text(encoding="utf-8", errors="replace").splitlines()
             if ln.strip() and not ln.lstrip().startswith("#")}
 
@@ -186,7 +186,7 @@ def read_template_list(path: str | Path, want_ids: bool = False) -> tuple[list[s
     first folder of each path (FaceScrub's `<person>/<image>` layout). Returns (paths, ids)."""
     p = Path(path)
     if not p.is_file():
-        raise DataError(f"template list {str(p)!r} does not exist")
+        raise DataError(f"template list {str(p)!r} {not_a_file_reason(p, 'JSON template list file')}")
     try:
         data = json.loads(p.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:

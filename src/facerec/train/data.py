@@ -19,7 +19,7 @@ from torch.utils.data import DataLoader, Dataset
 from facerec.config import Config
 from facerec.contract import Preprocess
 from facerec.data.dataset import collate_batch
-from facerec.errors import DataError
+from facerec.errors import DataError, not_a_file_reason
 
 
 class EpochSampler:
@@ -226,7 +226,7 @@ def build_train_data(cfg: Config, runtime=None) -> TrainData:
     val_sets = {}
     for vp in val_paths:
         if not Path(vp).is_file():
-            raise DataError(f"config key 'data.val': verification set {vp!r} does not exist")
+            raise DataError(f"config key 'data.val': verification set {vp!r} {not_a_file_reason(vp, '.bin verification file')}")
         vs = load_val_set(vp, "synthetic_val" if cfg.data.train == "synthetic" and vp == val_paths[0] else None)
         val_sets[vs.name] = vs
     return TrainData(train=train, num_classes=int(train.num_classes), val_sets=val_sets,
