@@ -100,6 +100,7 @@ class TrainConfig:
     precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
     channels_last: bool = True
     compile: bool = False
+    sync_bn: bool = False  # with several processes, BatchNorm statistics over the global batch
     seed: int = 0
     deterministic: bool = False
     threads: int = 0

@@ -25,6 +25,7 @@ from facerec.train import checkpoint as ckpt
 from facerec.train.data import TrainData, build_train_data, EpochSampler
 from facerec.train.optim import build_optimizer, build_scheduler, clip_gradients, grad_values
 from facerec.train.runtime import Runtime
+from facerec.train.sync_batchnorm import convert_sync_batchnorm
 from facerec.train.trackers import (Console, JsonlLogger, MultiLogger, TensorBoardLogger, Throughput, VisdomLogger,
                                      format_duration)
 
@@ -313,6 +314,8 @@ def train(
         save_config(cfg, run_path / "config.yaml")
     data = data or build_train_data(cfg, runtime)
     model = build_backbone(cfg).to(runtime.device)
+    if cfg.train.sync_bn and runtime.distributed:  # before the optimiser: it shares the parameters anyway
+        model = convert_sync_batchnorm(model, runtime.device)
     if cfg.train.channels_last:
         model = model.to(memory_format=torch.channels_last)
     with torch.random.fork_rng(devices=[]):  # the same centres on every rank (each keeps its shard)
