@@ -25,3 +25,8 @@ def not_a_file_reason(path: str | Path, kind: str = "file") -> str:
     """Why `path` cannot be read as a `kind`, for error messages: it "does not exist", or it is
     a directory (the usual slip when a run folder is given for a checkpoint in it)."""
     return f"is a directory, not a {kind}" if Path(path).is_dir() else "does not exist"
+
+
+def not_a_directory_reason(path: str | Path, kind: str = "directory") -> str:
+    """Why `path` cannot be read as a `kind` of directory: it "does not exist", or it is a file."""
+    return f"is a file, not a {kind}" if Path(path).exists() else "does not exist"

@@ -113,3 +113,13 @@ def test_a_directory_for_the_list_file_says_so(tree):
     with pytest.raises(DataError) as e:
         read_list(tree)
     assert str(tree) in str(e.value) and "is a directory, not a path<TAB>label list file" in str(e.value)
+
+
+def test_a_file_or_a_record_folder_for_the_image_folder_says_so(tmp_path):
+    (tmp_path / "train.rec").write_bytes(b"")
+    with pytest.raises(DataError, match="is a file, not a folder of identity folders"):
+        scan_folder(tmp_path / "train.rec")
+    with pytest.raises(DataError, match="does not exist"):
+        scan_folder(tmp_path / "missing")
+    with pytest.raises(DataError, match="it holds train.rec: give that file's path"):
+        scan_folder(tmp_path)

@@ -519,3 +519,15 @@ def test_a_directory_for_a_list_says_so(tmp_path, read, kind):
     with pytest.raises(DataError) as e:
         read(tmp_path)
     assert str(tmp_path) in str(e.value) and f"is a directory, not a {kind}" in str(e.value)
+
+
+def test_a_file_for_a_devkit_feature_directory_says_so(tmp_path, capsys):
+    from facerec.cli import main
+
+    (tmp_path / "features.bin").write_bytes(b"")
+    (tmp_path / "facescrub").mkdir()
+    code = main(["megaface", "--megaface-features", str(tmp_path / "features.bin"), "--facescrub-features",
+                 str(tmp_path / "facescrub"), "--megaface-list", str(tmp_path / "m.json"), "--facescrub-list",
+                 str(tmp_path / "f.json")])
+    err = capsys.readouterr().err
+    assert code == 2 and "features.bin' is a file, not a directory" in err and "Traceback" not in err

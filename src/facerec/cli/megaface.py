@@ -15,7 +15,7 @@ import json
 import sys
 from pathlib import Path
 
-from facerec.errors import DataError
+from facerec.errors import DataError, not_a_directory_reason
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -116,7 +116,7 @@ def _run_devkit(args: argparse.Namespace, common: dict, noisy: bool) -> dict:
         raise DataError("devkit mode needs " + ", ".join(missing))
     for d in (mf, fs):
         if not Path(d).is_dir():
-            raise DataError(f"feature directory {str(d)!r} does not exist")
+            raise DataError(f"feature directory {str(d)!r} {not_a_directory_reason(d)}")
     sizes = _numbers(args.sizes, "sizes", int) if args.sizes else None
     results = devkit_evaluate(mf, fs, args.megaface_list, args.facescrub_list, suffix=args.suffix, sizes=sizes,
                               set_index=args.set_index, **common)

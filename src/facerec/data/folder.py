@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterator
 
-from facerec.errors import DataError, not_a_file_reason
+from facerec.errors import DataError, not_a_directory_reason, not_a_file_reason
 
 # the image files that listing, packing, alignment and inference pick up (Pillow decodes them all)
 DECODABLE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".pgm", ".ppm", ".webp", ".tif", ".tiff")
@@ -37,10 +37,12 @@ def scan_folder(root: str | Path) -> list[ListEntry]:
     """Entries for every image below `root/<identity>/`, paths relative to `root`."""
     r = Path(root)
     if not r.is_dir():
-        raise DataError(f"image folder {str(r)!r} does not exist")
+        raise DataError(f"image folder {str(r)!r} {not_a_directory_reason(r, 'folder of identity folders')}")
     identities = sorted(p for p in r.iterdir() if p.is_dir())
     if not identities:
-        raise DataError(f"{r}: no identity folders (expected root/<identity>/<image files>)")
+        records = sorted(r.glob("*.rec"))
+        hint = f"; it holds {records[0].name}: give that file's path for a RecordIO set" if records else ""
+        raise DataError(f"{r}: no identity folders (expected root/<identity>/<image files>){hint}")
     out = []
     for label, d in enumerate(identities):
         images = sorted(p for p in d.rglob("*") if p.suffix.lower() in DECODABLE_SUFFIXES and p.is_file())
