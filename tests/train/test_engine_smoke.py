@@ -62,6 +62,8 @@ def test_tune_mode_writes_nothing(tiny_cfg, tmp_path):
 def test_missing_training_set_is_a_clear_error(tiny_cfg, tmp_path):
     with pytest.raises(DataError, match="data.train"):
         train(tiny_cfg(f"data.train={tmp_path / 'none.rec'}"), tmp_path / "r", log=False)
+    with pytest.raises(DataError, match=r"data.val.*is a directory, not a .bin verification file"):
+        train(tiny_cfg(f"data.val=[{tmp_path}]"), tmp_path / "r", log=False)
 
 
 def test_bf16_autocast_step_runs_and_is_finite(tiny_cfg, tmp_path):
