@@ -19,9 +19,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from facerec.config import load_config
     from facerec.train.engine import train
+    from facerec.train.runtime import Runtime
 
     cfg = load_config(args.config, args.overrides)
-    result = train(cfg, args.run_dir, tune=args.tune, resume=args.resume)
+    runtime = Runtime.from_env(cfg.train.precision)  # under torchrun: joins the process group
+    try:
+        result = train(cfg, args.run_dir, tune=args.tune, resume=args.resume, runtime=runtime)
+    finally:
+        runtime.close()  # leave the group cleanly (NCCL warns at exit otherwise)
     for name, r in result.val.items():
         print(f"{name}: accuracy {100 * r['accuracy']:.2f} +- {100 * r['accuracy_std']:.2f}")
     if result.run_dir is not None:
