@@ -9,7 +9,7 @@ N processes then take the step one process would. `torch.nn.SyncBatchNorm` runs 
 
 The CPU version combines each rank's mean and sum of squared deviations with the parallel
 variance formula (Chan, Golub & LeVeque 1979) in one all-reduce per layer and per pass, and keeps
-the statistics and the gradient in fp32 whatever the autocast dtype of its input.
+the statistics in fp32 whatever the autocast dtype of its input.
 """
 
 from __future__ import annotations
@@ -27,19 +27,26 @@ def _world(group: Any) -> int:
 
 class _GlobalBatchNorm(torch.autograd.Function):
     """y = (x - mean) / sqrt(var + eps) * weight + bias with mean and (biased) var over the
-    global batch; updates the running statistics in place (unbiased variance, as BatchNorm)."""
+    global batch; updates the running statistics in place (unbiased variance, as BatchNorm).
+
+    Built from torch's own CPU batch-norm kernels (channels_last and bf16 aware): the local
+    statistics from a training-mode forward, the output from an inference-mode forward with the
+    global statistics, and the backward from an inference-mode backward plus the two global
+    correction terms, a per-channel k1 * x + k0."""
 
     @staticmethod
     def forward(ctx, x, weight, bias, running_mean, running_var, momentum, eps, group):  # noqa: D417
         channels = x.shape[1]
-        dims = [0, *range(2, x.dim())]
-        xf = x.float()
-        count = xf.numel() // channels
-        if count:
-            var, mean = torch.var_mean(xf, dim=dims, correction=0)
+        scale = weight if weight is not None else x.new_ones(channels, dtype=torch.float32)
+        count = x.numel() // channels
+        if count and x.dtype == torch.float32:  # stats only (it returns them in x's dtype)
+            mean, var = torch.batch_norm_update_stats(x, None, None, 0.0)
+        elif count:  # fp32 statistics of a bf16/fp16 input; eps 0: var = invstd**-2 (0 where inf)
+            _, mean, invstd = torch.native_batch_norm(x, scale, None, None, None, True, 0.0, 0.0)
+            mean, var = mean.float(), invstd.float().pow(-2)
         else:  # an empty slice contributes nothing
-            var = mean = xf.new_zeros(channels)
-        rows = xf.new_zeros(_world(group), 2 * channels + 1)  # a row per rank; zeros add exactly
+            mean = var = x.new_zeros(channels, dtype=torch.float32)
+        rows = mean.new_zeros(_world(group), 2 * channels + 1)  # a row per rank; zeros add exactly
         rank = dist.get_rank(group)
         rows[rank, :channels] = mean
         rows[rank, channels:-1] = var * count
@@ -56,37 +63,40 @@ class _GlobalBatchNorm(torch.autograd.Function):
         if running_mean is not None:
             running_mean.mul_(1 - momentum).add_(mean.to(running_mean.dtype), alpha=momentum)
             running_var.mul_(1 - momentum).add_((sq_dev / (total - 1)).to(running_var.dtype), alpha=momentum)
-        invstd = torch.rsqrt(var + eps)
-        shape = (1, channels) + (1,) * (x.dim() - 2)
-        y = (xf - mean.view(shape)) * invstd.view(shape)
-        if weight is not None:
-            y = y * weight.float().view(shape) + bias.float().view(shape)
-        ctx.save_for_backward(x, weight, mean, invstd)
-        ctx.total, ctx.group = total, group
-        return y.to(x.dtype)
+        y = torch.batch_norm(x, scale, bias, mean, var, False, 0.0, eps, False)
+        ctx.save_for_backward(x, scale, mean, var)
+        ctx.total, ctx.eps, ctx.group, ctx.affine = total, eps, group, weight is not None
+        return y
 
     @staticmethod
     def backward(ctx, dy):
-        x, weight, mean, invstd = ctx.saved_tensors
+        x, scale, mean, var = ctx.saved_tensors
         channels = x.shape[1]
-        dims = [0, *range(2, x.dim())]
-        shape = (1, channels) + (1,) * (x.dim() - 2)
-        dyf = dy.float()
-        xhat = (x.float() - mean.view(shape)) * invstd.view(shape)
-        local = torch.cat([dyf.sum(dims), (dyf * xhat).sum(dims)])
-        sums = local.clone()
+        # with frozen statistics: dx = dy * w * invstd, and this rank's sum(dy), sum(dy * xhat)
+        grad_x, sum_dy_xhat, sum_dy = torch.ops.aten.native_batch_norm_backward(
+            dy.contiguous(memory_format=_memory_format(x)), x, scale, mean, var, None, None, False, ctx.eps,
+            [True, True, True])
+        sums = torch.cat([sum_dy, sum_dy_xhat]).float()
         dist.all_reduce(sums, group=ctx.group)  # every rank, whatever it needs, or the group hangs
-        grad_x = grad_w = grad_b = None
-        if ctx.needs_input_grad[0]:
-            scale = invstd if weight is None else invstd * weight.float()
-            mean_dy, mean_dy_xhat = (sums / ctx.total).view(2, channels)
-            grad_x = ((dyf - mean_dy.view(shape) - xhat * mean_dy_xhat.view(shape)) * scale.view(shape)).to(x.dtype)
+        mean_dy, mean_dy_xhat = (sums / ctx.total).view(2, channels)
+        invstd = torch.rsqrt(var + ctx.eps)
+        k1 = -scale.float() * invstd * invstd * mean_dy_xhat  # the statistics' share of the gradient:
+        k0 = -scale.float() * invstd * mean_dy - k1 * mean  # - w * invstd * (mean(dy) + xhat * mean(dy xhat))
+        shape = (1, channels) + (1,) * (x.dim() - 2)
+        if grad_x.dtype == torch.float32:
+            grad_x = grad_x.addcmul_(x, k1.view(shape)).add_(k0.view(shape))
+        else:  # the correction in fp32, rounded once
+            grad_x = grad_x.float().addcmul_(x.float(), k1.view(shape)).add_(k0.view(shape)).to(x.dtype)
         # the affine gradients are this rank's share: DDP reduces them like every other parameter's
-        if weight is not None and ctx.needs_input_grad[1]:
-            grad_w = local[channels:].to(weight.dtype)
-        if weight is not None and ctx.needs_input_grad[2]:
-            grad_b = local[:channels].to(weight.dtype)
-        return grad_x, grad_w, grad_b, None, None, None, None, None
+        grad_w = sum_dy_xhat if ctx.affine and ctx.needs_input_grad[1] else None
+        grad_b = sum_dy if ctx.affine and ctx.needs_input_grad[2] else None
+        return grad_x if ctx.needs_input_grad[0] else None, grad_w, grad_b, None, None, None, None, None
+
+
+def _memory_format(x: torch.Tensor) -> torch.memory_format:
+    if x.dim() == 4 and x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous():
+        return torch.channels_last
+    return torch.contiguous_format
 
 
 class _SyncStatistics:
