@@ -83,6 +83,28 @@ def test_sgd_equals_torch_sgd_on_dense_gradients(momentum, weight_decay, nestero
         torch.testing.assert_close(p, q)
 
 
+def test_sgd_parameter_joining_late_starts_its_momentum_like_torch_sgd():
+    """A parameter without a gradient in the first steps (a frozen-then-thawed layer) starts its
+    momentum when its first gradient comes, beside parameters that carry one."""
+    from facerec.train.optim import SGD
+
+    torch.manual_seed(0)
+    a, b = [nn.Parameter(torch.randn(5, 3)) for _ in range(2)]
+    a2, b2 = a.detach().clone().requires_grad_(), b.detach().clone().requires_grad_()
+    ours = SGD([a, b], lr=0.1, momentum=0.9, weight_decay=1e-2)
+    ref = torch.optim.SGD([a2, b2], lr=0.1, momentum=0.9, weight_decay=1e-2)
+    for step in range(4):
+        g = torch.randn(5, 3)
+        for (x, y), opt in (((a, b), ours), ((a2, b2), ref)):
+            opt.zero_grad(set_to_none=True)
+            x.grad = g.clone()
+            if step >= 2:
+                y.grad = 2 * g
+            opt.step()
+    torch.testing.assert_close(a, a2)
+    torch.testing.assert_close(b, b2)
+
+
 def test_sgd_sparse_rows_update_lazily_and_match_the_dense_rule():
     from facerec.train.optim import SGD
 

@@ -70,23 +70,32 @@ class SGD(torch.optim.Optimizer):
                 loss = closure()
         for group in self.param_groups:
             lr, mom, wd, nesterov = group["lr"], group["momentum"], group["weight_decay"], group["nesterov"]
+            dense: list[torch.Tensor] = []
             for p in group["params"]:
                 if p.grad is None:
                     continue
-                state = self.state[p]
                 if p.grad.is_sparse:
-                    self._sparse_step(p, state, lr, mom, wd, nesterov)
-                    continue
-                d = p.grad if wd == 0 else p.grad.add(p, alpha=wd)
-                if mom != 0:
-                    buf = state.get("momentum_buffer")
-                    if buf is None:
-                        buf = state["momentum_buffer"] = d.clone()
-                    else:
-                        buf.mul_(mom).add_(d)
-                    d = d.add(buf, alpha=mom) if nesterov else buf
-                p.add_(d, alpha=-lr)
+                    self._sparse_step(p, self.state[p], lr, mom, wd, nesterov)
+                else:
+                    dense.append(p)
+            # dense gradients: torch's SGD kernel (one fused pass per tensor where it exists),
+            # parameters that start their momentum now apart from those that carry one
+            starting = [mom != 0 and "momentum_buffer" not in self.state[p] for p in dense]
+            for start in (True, False):
+                params = [p for p, s in zip(dense, starting) if s == start]
+                if params:
+                    self._dense_step(params, lr, mom, wd, nesterov)
         return loss
+
+    def _dense_step(self, params: list[torch.Tensor], lr: float, mom: float, wd: float, nesterov: bool) -> None:
+        from torch.optim.sgd import sgd
+
+        bufs = [self.state[p].get("momentum_buffer") for p in params] if mom != 0 else []
+        fused = all(p.device.type in ("cpu", "cuda") and p.is_floating_point() for p in params) or None
+        sgd(params, [p.grad for p in params], bufs, fused=fused, weight_decay=wd, momentum=mom, lr=lr,
+            dampening=0.0, nesterov=nesterov, maximize=False)
+        for p, buf in zip(params, bufs):
+            self.state[p]["momentum_buffer"] = buf
 
     def _sparse_step(self, p: torch.Tensor, state: dict, lr: float, mom: float, wd: float, nesterov: bool) -> None:
         grad = p.grad
