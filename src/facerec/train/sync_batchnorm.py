@@ -30,9 +30,10 @@ class _GlobalBatchNorm(torch.autograd.Function):
     global batch; updates the running statistics in place (unbiased variance, as BatchNorm).
 
     Built from torch's own CPU batch-norm kernels (channels_last and bf16 aware): the local
-    statistics from a training-mode forward, the output from an inference-mode forward with the
-    global statistics, and the backward from an inference-mode backward plus the two global
-    correction terms, a per-channel k1 * x + k0."""
+    statistics from its statistics kernel (fp32 input) or a training-mode forward (fp32
+    statistics of a bf16/fp16 input), the output from an inference-mode forward with the global
+    statistics, and the backward from an inference-mode backward plus the global statistics'
+    share of the gradient, a per-channel k1 * x + k0."""
 
     @staticmethod
     def forward(ctx, x, weight, bias, running_mean, running_var, momentum, eps, group):  # noqa: D417
