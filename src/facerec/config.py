@@ -101,6 +101,7 @@ class TrainConfig:
     channels_last: bool = True
     compile: bool = False
     sync_bn: bool = False  # with several processes, BatchNorm statistics over the global batch
+    dist_timeout_minutes: Optional[float] = None  # collective waits (rank 0's evaluation); None: torch's
     seed: int = 0
     deterministic: bool = False
     threads: int = 0

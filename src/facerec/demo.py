@@ -48,7 +48,7 @@ def run_demo(cfg: Config, run_dir: str | Path, log=print) -> DemoResult:
 
     t0 = time.perf_counter()
     run_dir = Path(run_dir)
-    runtime = Runtime.from_env(cfg.train.precision)
+    runtime = Runtime.from_config(cfg.train)
     if cfg.train.threads > 0:
         torch.set_num_threads(cfg.train.threads)
     t_data = time.perf_counter()

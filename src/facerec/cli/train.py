@@ -22,7 +22,7 @@ def run(args: argparse.Namespace) -> int:
     from facerec.train.runtime import Runtime
 
     cfg = load_config(args.config, args.overrides)
-    runtime = Runtime.from_env(cfg.train.precision)  # under torchrun: joins the process group
+    runtime = Runtime.from_config(cfg.train)  # under torchrun: joins the process group
     try:
         result = train(cfg, args.run_dir, tune=args.tune, resume=args.resume, runtime=runtime)
     finally:

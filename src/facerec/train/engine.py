@@ -301,7 +301,7 @@ def train(
         resume: "auto" (newest complete checkpoint in `run_dir`, if any) or a checkpoint path.
     """
     t_start = time.perf_counter()
-    runtime = runtime or Runtime.from_env(cfg.train.precision)
+    runtime = runtime or Runtime.from_config(cfg.train)
     if cfg.train.threads > 0:
         torch.set_num_threads(cfg.train.threads)
     if cfg.train.deterministic:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import os
 from dataclasses import dataclass, field
+from datetime import timedelta
 from typing import Any, Iterator
 
 import torch
@@ -67,8 +68,20 @@ class Runtime:
             self.scaler = torch.amp.GradScaler(self.device.type, enabled=(self.precision == "fp16"))
 
     @classmethod
-    def from_env(cls, precision: str = "auto", device: str | None = None) -> "Runtime":
-        """Build from torchrun's environment; initialises the process group when world size > 1."""
+    def from_config(cls, train: Any) -> "Runtime":
+        """From torchrun's environment with a config's `train` section (precision, timeout)."""
+        minutes = train.dist_timeout_minutes
+        if minutes is not None and not minutes > 0:
+            raise ConfigError(f"config key 'train.dist_timeout_minutes' must be a positive number of minutes, "
+                              f"got {minutes}")
+        return cls.from_env(train.precision, timeout_minutes=minutes)
+
+    @classmethod
+    def from_env(cls, precision: str = "auto", device: str | None = None,
+                 timeout_minutes: float | None = None) -> "Runtime":
+        """Build from torchrun's environment; initialises the process group when world size > 1.
+        `timeout_minutes` bounds every collective wait (torch's default when None: 30 min on
+        gloo, 10 on NCCL), the evaluation barrier included, where ranks wait for rank 0."""
         world = int(os.environ.get("WORLD_SIZE", "1"))
         rank = int(os.environ.get("RANK", "0"))
         local_rank = int(os.environ.get("LOCAL_RANK", "0"))
@@ -79,7 +92,8 @@ class Runtime:
             torch.cuda.set_device(dev)
         if world > 1 and not torch.distributed.is_initialized():
             backend = "nccl" if dev.type == "cuda" else "gloo"
-            torch.distributed.init_process_group(backend=backend, rank=rank, world_size=world)
+            timeout = None if timeout_minutes is None else timedelta(minutes=timeout_minutes)
+            torch.distributed.init_process_group(backend=backend, rank=rank, world_size=world, timeout=timeout)
         prec = resolve_precision(precision, dev)
         return cls(device=dev, precision=prec, rank=rank, local_rank=local_rank, world_size=world)
 
