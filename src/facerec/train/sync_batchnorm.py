@@ -105,6 +105,9 @@ class _SyncStatistics:
 
     process_group: Any = None
 
+    # torch.compile runs the layer as it is (its collectives break the graph anyway); traced,
+    # every layer size was one more recompilation of this frame, past dynamo's limit
+    @torch.compiler.disable
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not self.training or _world(self.process_group) == 1:
             return super().forward(x)
